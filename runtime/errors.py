@@ -1,0 +1,17 @@
+"""Errors the runtime raises for problems a user can fix (the CLI prints them, exit code 2)."""
+
+
+class RuntimeUserError(Exception):
+    """Base class: a user-fixable problem when loading engines or generating."""
+
+
+class EngineDirError(RuntimeUserError):
+    """The engines directory is missing, has no manifest, or lacks a requested engine."""
+
+
+class StaleEngineError(RuntimeUserError):
+    """An engine file or the tools it was built with no longer match its manifest entry."""
+
+
+class PromptTooLongError(RuntimeUserError):
+    """The prompt (plus requested tokens) exceeds the maximum the engine was built for."""
