@@ -1,0 +1,45 @@
+"""`autoglm-trt generate`: completions on stdout (logs on stderr), or JSON with --json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from runtime.errors import RuntimeUserError
+
+
+def generate(
+    engines: Annotated[Path, typer.Option(help="Engines directory (engines/NAME).")],
+    prompt: Annotated[list[str], typer.Option(help="Prompt text; repeat for a batch.")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or auto (int8 > fp16 > fp32).")] = "auto",
+    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = False,
+    system: Annotated[str | None, typer.Option(help="System message (with --chat).")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="0 = off.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling (reproducible output).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per prompt.")] = False,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads for the engine; 0 = all.")] = 0,
+) -> None:
+    """Generate text from built engines."""
+    from runtime.generate import TextGenerator
+    from runtime.sampling import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens)
+    try:
+        params.validate()
+    except ValueError as error:
+        raise RuntimeUserError(str(error)) from None
+    generator = TextGenerator(engines, precision=precision, threads=threads)
+    if chat and not generator.tokenizer.has_chat_template:
+        raise RuntimeUserError(f"the tokenizer in {engines} has no chat template; drop --chat")
+    completions = generator.generate(prompt, params, chat=chat, system=system)
+    for completion in completions:
+        if as_json:
+            print(json.dumps({**completion.__dict__, "precision": generator.precision}, ensure_ascii=False))
+        else:
+            print(completion.text)

@@ -1,0 +1,110 @@
+"""The exportable text decoder: one graph for prefill and decode over a paged KV pool.
+
+Inputs (B ≤ 8 sequences, S new tokens each, right-padded):
+    input_ids      int64 [B, S]
+    position_ids   int64 [B, S]  (or [3, B, S] for GLM-4V's multimodal rope)
+    past_lens      int64 [B]     tokens already in the pool for each sequence
+    block_tables   int64 [B, M]  pool block ids holding those tokens (padded with block 0)
+    logit_index    int64 [B, T]  which of the S positions to return logits for
+    key_cache.{l}, value_cache.{l}   [NB, bs, KVH, D] per layer: the pool, read-only here
+Outputs:
+    logits         float32 [B, T, V]
+    new_kv         [L, 2, B, S, KVH, D]  this call's K/V; the runtime writes it into the pool
+
+Past K/V are read with a plain Gather over the block tables, so the same graph runs on ONNX
+Runtime and TensorRT without a paged-attention plugin. Padded query rows produce garbage the
+runtime ignores; valid rows never attend to them (causal mask on the new tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from builder.export.families import DecoderFamily
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    past_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    # q: [B, H, S, D]; k_new, v_new: [B, KVH, S, D]; caches: [NB, bs, KVH, D]
+    batch, num_heads, seq, dim = q.shape
+    num_kv_heads = k_new.shape[1]
+    groups = num_heads // num_kv_heads
+    # A plain Gather of whole blocks: [B*M, bs, KVH, D] -> [B, KVH, P=M*bs, D]
+    blocks = block_tables.flatten()
+    k_past = k_cache.index_select(0, blocks).view(batch, -1, num_kv_heads, dim).transpose(1, 2)
+    v_past = v_cache.index_select(0, blocks).view(batch, -1, num_kv_heads, dim).transpose(1, 2)
+    past = k_past.shape[2]
+    k = torch.cat([k_past, k_new], dim=2).unsqueeze(2)  # [B, KVH, 1, P+S, D]
+    v = torch.cat([v_past, v_new], dim=2).unsqueeze(2)
+    # Grouped-query attention without copying K/V: heads h = kvh * groups + g.
+    q = q.view(batch, num_kv_heads, groups, seq, dim)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, KVH, G, S, P+S]
+
+    past_visible = torch.arange(past, device=q.device)[None, :] < past_lens[:, None]  # [B, P]
+    positions = torch.arange(seq, device=q.device)
+    causal = positions[None, :] <= positions[:, None]  # [S, S]
+    visible = torch.cat(
+        [past_visible[:, None, :].expand(batch, seq, past), causal[None].expand(batch, seq, seq)], dim=-1
+    )  # [B, S, P+S]
+    scores = scores.masked_fill(~visible[:, None, None], torch.finfo(torch.float32).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = torch.matmul(probs, v)  # [B, KVH, G, S, D]
+    return out.permute(0, 3, 1, 2, 4).reshape(batch, seq, num_heads * dim)
+
+
+class PagedDecoder(nn.Module):
+    """Wraps a Hugging Face causal LM's own modules; see the module docstring for the I/O."""
+
+    def __init__(self, model: nn.Module, family: DecoderFamily) -> None:
+        super().__init__()
+        self.family = family
+        self.shape = family.shape(model.config)
+        text = family.text_model(model)
+        self.embed_tokens = text.embed_tokens
+        self.layers = text.layers
+        self.norm = text.norm
+        self.rotary_emb = text.rotary_emb
+        self.lm_head = model.lm_head
+        self.scale = self.shape.head_dim**-0.5
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_lens: torch.Tensor,
+        block_tables: torch.Tensor,
+        logit_index: torch.Tensor,
+        kv_cache: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.embed_tokens(input_ids)  # [B, S, E]
+        rope = self.rotary_emb(hidden, position_ids)  # cos, sin: [B, S, rotary_dim]
+        batch, seq, _ = hidden.shape
+        new_kv: list[torch.Tensor] = []
+
+        for index, layer in enumerate(self.layers):
+            k_cache, v_cache = kv_cache[2 * index], kv_cache[2 * index + 1]
+
+            def attend(attn: nn.Module, x: torch.Tensor, rope, k_cache=k_cache, v_cache=v_cache):
+                d = self.shape.head_dim
+                q = attn.q_proj(x).view(batch, seq, -1, d).transpose(1, 2)  # [B, H, S, D]
+                k = attn.k_proj(x).view(batch, seq, -1, d).transpose(1, 2)  # [B, KVH, S, D]
+                v = attn.v_proj(x).view(batch, seq, -1, d).transpose(1, 2)
+                q, k = self.family.apply_rope(q, k, *rope)
+                new_kv.append(torch.stack([k, v]).transpose(2, 3))  # [2, B, S, KVH, D]
+                out = paged_attention(q, k, v, k_cache, v_cache, block_tables, past_lens, self.scale)
+                return attn.o_proj(out)
+
+            hidden = self.family.run_layer(layer, hidden, attend, rope)
+
+        picked = torch.gather(hidden, 1, logit_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.lm_head(self.norm(picked)).float()  # [B, T, V]
+        return logits, torch.stack(new_kv)  # new_kv: [L, 2, B, S, KVH, D]

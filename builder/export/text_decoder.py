@@ -1,0 +1,115 @@
+"""Export the text decoder to ONNX (dynamic batch 1–8, dynamic length) and validate it."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch.export import Dim
+
+from builder.config import ExportConfig
+from builder.errors import ExportError
+from builder.export.paged_decoder import PagedDecoder
+from builder.export.validation import ValidationReport, compare
+from runtime import decoder_io as io
+
+# fp32 ONNX Runtime vs eager PyTorch: same maths, different kernels and summation order.
+ATOL, RTOL = 1e-4, 1e-4
+
+
+def decoder_feeds(
+    decoder: PagedDecoder, batch: int, seq: int, past: int, block_size: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Random but valid inputs: `past` tokens of random K/V in a pool, `seq` new tokens each."""
+    rng = np.random.default_rng(seed)
+    shape = decoder.shape
+    blocks_per_seq = max(1, -(-past // block_size))
+    pool_blocks = 1 + batch * blocks_per_seq  # block 0 is the null block
+    tables = 1 + rng.permutation(batch * blocks_per_seq).reshape(batch, blocks_per_seq)
+    positions = np.broadcast_to(past + np.arange(seq), (batch, seq))
+    if decoder.family.position_rank == 3:
+        positions = np.broadcast_to(positions, (3, batch, seq))
+    feeds = {
+        io.INPUT_IDS: rng.integers(0, shape.vocab_size, (batch, seq)),
+        io.POSITION_IDS: np.ascontiguousarray(positions),
+        io.PAST_LENS: np.full(batch, past),
+        io.BLOCK_TABLES: tables,
+        io.LOGIT_INDEX: np.broadcast_to(np.arange(seq), (batch, seq)).copy(),
+    }
+    feeds = {name: value.astype(np.int64) for name, value in feeds.items()}
+    kv_shape = (pool_blocks, block_size, shape.num_kv_heads, shape.head_dim)
+    for name in io.kv_input_names(shape.num_layers):
+        feeds[name] = rng.standard_normal(kv_shape).astype(np.float32)
+    return feeds
+
+
+def _torch_args(feeds: dict[str, np.ndarray], num_layers: int) -> tuple:
+    tensors = [torch.from_numpy(feeds[name]) for name in io.input_names(num_layers)]
+    return (*tensors[: len(io.TOKEN_INPUTS)], tensors[len(io.TOKEN_INPUTS) :])
+
+
+def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
+    batch = Dim("batch", min=1, max=cfg.max_batch)
+    seq = Dim("seq", min=1, max=cfg.max_seq_len)
+    blocks = Dim("blocks", min=1, max=cfg.max_blocks_per_seq)
+    positions = Dim("logit_positions", min=1, max=cfg.max_seq_len)
+    pool = Dim("pool_blocks", min=1)
+    rank3 = decoder.family.position_rank == 3
+    return {
+        "input_ids": {0: batch, 1: seq},
+        "position_ids": {1: batch, 2: seq} if rank3 else {0: batch, 1: seq},
+        "past_lens": {0: batch},
+        "block_tables": {0: batch, 1: blocks},
+        "logit_index": {0: batch, 1: positions},
+        "kv_cache": [{0: pool} for _ in range(2 * decoder.shape.num_layers)],
+    }
+
+
+def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> None:
+    """Write the fp32 graph to `out` (weights inline below 2 GB, else as external data)."""
+    # Example sizes > 1 and all different, so no dynamic axis is specialised or tied to another.
+    example = decoder_feeds(decoder, batch=2, seq=5, past=3 * cfg.block_size - 1, block_size=cfg.block_size, seed=0)
+    example[io.LOGIT_INDEX] = example[io.LOGIT_INDEX][:, :3].copy()
+    large = sum(p.numel() * p.element_size() for p in decoder.parameters()) > 1.8e9
+    # The exporter chats on stdout; keep stdout for results.
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+        try:
+            torch.onnx.export(
+                decoder,
+                _torch_args(example, decoder.shape.num_layers),
+                str(out),
+                input_names=io.input_names(decoder.shape.num_layers),
+                output_names=list(io.OUTPUTS),
+                dynamic_shapes=_dynamic_shapes(decoder, cfg),
+                opset_version=cfg.opset,
+                dynamo=True,
+                external_data=large,
+                verbose=False,
+            )
+        except Exception as error:  # the exporter raises many types; report them as one
+            raise ExportError(f"torch.onnx.export failed for the text decoder: {error}") from error
+
+
+def validate_text_decoder(decoder: PagedDecoder, model: torch.nn.Module, graph: Path, cfg: ExportConfig) -> ValidationReport:
+    """ONNX Runtime vs the eager wrapper at batch 1 and 8 (prefill and decode over a paged past),
+    and the eager wrapper vs the Hugging Face model's own forward (prefill logits)."""
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    num_layers = decoder.shape.num_layers
+    checks = []
+    for batch in (1, cfg.max_batch):
+        for phase, seq, past in (("prefill", 16, 0), ("decode", 1, 2 * cfg.block_size + 5)):
+            case = f"{phase} b{batch} s{seq} past{past}"
+            feeds = decoder_feeds(decoder, batch, seq, past, cfg.block_size, seed=batch * 100 + seq)
+            with torch.no_grad():
+                reference = [t.numpy() for t in decoder(*_torch_args(feeds, num_layers))]
+            outputs = session.run(list(io.OUTPUTS), feeds)
+            checks += [compare(case, n, r, o, ATOL, RTOL) for n, r, o in zip(io.OUTPUTS, reference, outputs, strict=True)]
+            if phase == "prefill":
+                with torch.no_grad():
+                    hf_logits = model(input_ids=torch.from_numpy(feeds[io.INPUT_IDS])).logits.numpy()
+                checks.append(compare(f"{case} vs HF", io.LOGITS, hf_logits, reference[0], ATOL, RTOL))
+    return ValidationReport(graph=graph.name, reference="PyTorch eager (paged wrapper; HF forward)", checks=tuple(checks))

@@ -1,0 +1,107 @@
+"""engines/<model>/manifest.json: what was built, from what, with which tools.
+
+Torch-free on purpose: the runtime reads it on machines that only serve. The runtime refuses an
+engine whose file hash or tool versions do not match (runtime/engine_loader.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runtime.errors import EngineDirError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: list  # ints and symbolic axis names
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    component: str  # "text_decoder"
+    precision: str  # fp32 | fp16 | int8
+    backend: str  # onnxruntime | tensorrt
+    file: str  # relative to the engines dir
+    sha256: str
+    graph_sha256: str  # the precision ONNX it was built from (staleness check on rebuild)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    build_seconds: float
+    tools: dict[str, str]  # versions that must match at load time
+    calibration: dict | None = None
+    report: dict = field(default_factory=dict)  # backend-specific: fusions, node counts
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EngineEntry:
+        data = dict(data)
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        return cls(**data)
+
+
+@dataclass
+class Manifest:
+    model: dict  # name, source_dir, source_hash, model_type, family
+    decoder: dict  # DecoderShape + position_rank + limits (max_batch, max_seq_len, block_size)
+    axes: dict[str, list[int]]  # dynamic axis name -> [min, max] (the batch profile is 1–8)
+    tokenizer_dir: str = "tokenizer"
+    engines: dict[str, dict[str, EngineEntry]] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def entry(self, component: str, precision: str) -> EngineEntry | None:
+        return self.engines.get(component, {}).get(precision)
+
+    def put(self, entry: EngineEntry) -> None:
+        self.engines.setdefault(entry.component, {})[entry.precision] = entry
+
+    def precisions(self, component: str) -> list[str]:
+        return sorted(self.engines.get(component, {}))
+
+    def save(self, engines_dir: Path) -> None:
+        write_json_atomic(engines_dir / MANIFEST, asdict(self))
+
+    @classmethod
+    def load(cls, engines_dir: Path) -> Manifest:
+        path = engines_dir / MANIFEST
+        hint = "build engines with `autoglm-trt build --model models/NAME --out engines/NAME`"
+        if not engines_dir.is_dir():
+            raise EngineDirError(f"engines directory {engines_dir} does not exist; {hint}")
+        if not path.is_file():
+            raise EngineDirError(f"{engines_dir} has no {MANIFEST}, so it holds no built engines; {hint}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise EngineDirError(f"{path} is unreadable ({error}); rebuild: {hint}") from None
+        if data.get("format_version") != FORMAT_VERSION:
+            raise EngineDirError(
+                f"{path} has format version {data.get('format_version')}, this tool reads "
+                f"{FORMAT_VERSION}; rebuild: {hint}"
+            )
+        engines = {
+            component: {p: EngineEntry.from_dict(e) for p, e in by_precision.items()}
+            for component, by_precision in data.pop("engines").items()
+        }
+        return cls(**data, engines=engines)

@@ -1,0 +1,32 @@
+"""The one place that knows which library versions an engine is tied to.
+
+An ONNX Runtime engine (an optimized graph) is tied to the ORT minor version that wrote it; a
+TensorRT plan is tied to the exact TensorRT version (and the GPU's compute capability).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def runtime_versions(backend: str) -> dict[str, str]:
+    """Versions that must match between build and load for engines of `backend`."""
+    if backend == "onnxruntime":
+        version = _version("onnxruntime") or _version("onnxruntime-gpu") or "absent"
+        return {"onnxruntime": ".".join(version.split(".")[:2])}
+    if backend == "tensorrt":
+        return {"tensorrt": _version("tensorrt") or "absent"}
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def build_tool_versions() -> dict[str, str]:
+    """Everything that shaped an export, recorded for the record (not enforced)."""
+    names = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy")
+    return {name: _version(name) or "absent" for name in names}

@@ -1,0 +1,52 @@
+"""Load an engine after checking it against its manifest entry (hash and tool versions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.manifest import EngineEntry, Manifest, sha256_file
+from runtime.compat import runtime_versions
+from runtime.engines.base import Engine
+from runtime.errors import EngineDirError, StaleEngineError
+
+
+def rebuild_hint(manifest: Manifest, engines_dir: Path, precision: str) -> str:
+    source = manifest.model.get("source_dir", "models/NAME")
+    return f"rebuild it: autoglm-trt build --model {source} --precision {precision} --out {engines_dir}"
+
+
+def select_entry(manifest: Manifest, engines_dir: Path, component: str, precision: str) -> EngineEntry:
+    entry = manifest.entry(component, precision)
+    if entry is None:
+        built = ", ".join(manifest.precisions(component)) or "none"
+        raise EngineDirError(
+            f"{engines_dir} has no {precision} {component} engine (built: {built}); "
+            f"pick one of those with --precision, or {rebuild_hint(manifest, engines_dir, precision)}"
+        )
+    return entry
+
+
+def verify_entry(manifest: Manifest, engines_dir: Path, entry: EngineEntry) -> Path:
+    path = engines_dir / entry.file
+    hint = rebuild_hint(manifest, engines_dir, entry.precision)
+    if not path.is_file():
+        raise StaleEngineError(f"engine file {path} listed in the manifest is missing; {hint}")
+    if sha256_file(path) != entry.sha256:
+        raise StaleEngineError(f"engine file {path} does not match its manifest hash (modified or corrupt); {hint}")
+    installed = runtime_versions(entry.backend)
+    if installed != entry.tools:
+        raise StaleEngineError(f"{path} was built with {entry.tools} but this machine has {installed}; {hint}")
+    return path
+
+
+def load_engine(manifest: Manifest, engines_dir: Path, component: str, precision: str, threads: int = 0) -> Engine:
+    entry = select_entry(manifest, engines_dir, component, precision)
+    path = verify_entry(manifest, engines_dir, entry)
+    if entry.backend == "onnxruntime":
+        from runtime.engines.onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(path, threads=threads)
+    raise EngineDirError(
+        f"{path} is a {entry.backend} engine, which this runtime cannot load yet; "
+        f"{rebuild_hint(manifest, engines_dir, entry.precision)} --backend onnxruntime"
+    )

@@ -1,0 +1,21 @@
+"""The contract every engine backend meets."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Engine(ABC):
+    """A loaded engine: named numpy inputs in, named numpy outputs out.
+
+    Inputs are host arrays owned by the caller and only read during `run` (the KV pool is passed
+    as views, never copied by the caller). Outputs are new arrays owned by the caller. Not
+    thread-safe: one `run` at a time per engine.
+    """
+
+    input_dtypes: dict[str, np.dtype]
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]: ...

@@ -1,0 +1,32 @@
+"""ONNX Runtime engine: the CPU execution provider here; CUDA where onnxruntime-gpu is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.engines.base import Engine
+
+
+class OnnxRuntimeEngine(Engine):
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        # The saved graph is already fused (EXTENDED); ALL adds this CPU's layout optimizations.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_dtypes = {
+            i.name: np.dtype(ort_type_to_numpy(i.type)) for i in self.session.get_inputs()
+        }
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        return self.session.run(outputs, feeds)
+
+
+def ort_type_to_numpy(ort_type: str) -> str:
+    # ORT reports "tensor(float16)", "tensor(int64)", …; numpy calls float "float32".
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(name, name)

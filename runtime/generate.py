@@ -1,0 +1,125 @@
+"""Generation over the paged decoder: prefill a batch of prompts, then decode one token per step.
+
+A static batch (at most max_batch prompts share each engine call); the in-flight scheduler that
+admits new requests between steps builds on the same PagedTextDecoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from builder.manifest import Manifest
+from runtime.engine_loader import load_engine
+from runtime.errors import PromptTooLongError, RuntimeUserError
+from runtime.kv import KVCacheManager
+from runtime.paged_decoder import DecoderLimits, PagedTextDecoder, StepInput
+from runtime.sampling import Sampler, SamplingParams, make_generator
+from runtime.tokenizer import TextTokenizer
+
+COMPONENT = "text_decoder"
+PRECISION_PREFERENCE = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (a stop token was produced, and is included) or "length"
+
+
+def choose_precision(manifest: Manifest, requested: str) -> str:
+    built = manifest.precisions(COMPONENT)
+    if requested != "auto":
+        return requested
+    for precision in PRECISION_PREFERENCE:
+        if precision in built:
+            return precision
+    raise RuntimeUserError("the manifest lists no text_decoder engine; rebuild with `autoglm-trt build`")
+
+
+class TextGenerator:
+    def __init__(self, engines_dir: Path, precision: str = "auto", threads: int = 0, kv_blocks: int | None = None):
+        self.manifest = Manifest.load(engines_dir)
+        self.precision = choose_precision(self.manifest, precision)
+        self.limits = DecoderLimits.from_manifest(self.manifest.decoder)
+        engine = load_engine(self.manifest, engines_dir, COMPONENT, self.precision, threads=threads)
+        self.tokenizer = TextTokenizer(engines_dir / self.manifest.tokenizer_dir)
+        # np.zeros maps pages lazily: a full-capacity pool costs memory only for blocks used.
+        blocks_per_seq = -(-self.limits.max_seq_len // self.limits.block_size)
+        kv_blocks = kv_blocks or 1 + self.limits.max_batch * blocks_per_seq
+        self.kv = KVCacheManager(kv_blocks, self.limits.block_size, enable_prefix_caching=False)
+        self.decoder = PagedTextDecoder(engine, self.limits, self.kv)
+        self.sampler = Sampler()
+
+    def check_prompt(self, prompt: list[int]) -> None:
+        limit = self.limits.max_seq_len
+        if not prompt:
+            raise RuntimeUserError("the prompt is empty after tokenization; give some text")
+        if len(prompt) >= limit:
+            raise PromptTooLongError(
+                f"the prompt has {len(prompt)} tokens but the engines were built for at most {limit} "
+                f"(prompt + completion); shorten the prompt or rebuild with a larger --max-seq-len"
+            )
+
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list[int], str]]:
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        results: list[tuple[list[int], str]] = []
+        for start in range(0, len(prompts), self.limits.max_batch):
+            results += self._generate_batch(prompts[start : start + self.limits.max_batch], params, start)
+        return results
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, offset: int):
+        ids = [f"seq-{offset + i}" for i in range(len(prompts))]
+        # Each row gets its own generator so a seeded batch samples like the same prompts alone.
+        generators = [make_generator(None if params.seed is None else params.seed + offset + i) for i in range(len(prompts))]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        finish: list[str | None] = [None] * len(prompts)
+        try:
+            pending = [StepInput(rid, list(p), 0) for rid, p in zip(ids, prompts, strict=True)]
+            rows = list(range(len(prompts)))
+            while pending:
+                for item in pending:
+                    if self.kv.allocate_slots(item.request_id, item.past_len + len(item.token_ids)) is None:
+                        raise RuntimeUserError("the KV pool is too small for this batch; use fewer prompts")
+                logits = self.decoder.step(pending)
+                tokens = self.sampler.sample(logits, [params] * len(rows), [generators[r] for r in rows])
+                next_pending, next_rows = [], []
+                for item, row, token in zip(pending, rows, tokens.tolist(), strict=True):
+                    outputs[row].append(token)
+                    total = len(prompts[row]) + len(outputs[row])
+                    if token in params.stop_token_ids:
+                        finish[row] = "stop"
+                    elif len(outputs[row]) >= params.max_tokens or total >= self.limits.max_seq_len:
+                        finish[row] = "length"
+                    else:
+                        next_pending.append(StepInput(item.request_id, [token], total - 1))
+                        next_rows.append(row)
+                pending, rows = next_pending, next_rows
+        finally:
+            for rid in ids:
+                self.kv.free(rid)
+        return [(out, reason or "length") for out, reason in zip(outputs, finish, strict=True)]
+
+    def generate(self, prompts: list[str], params: SamplingParams, chat: bool = False, system: str | None = None) -> list[Completion]:
+        if not params.stop_token_ids:
+            params = replace(params, stop_token_ids=self.tokenizer.stop_token_ids)
+        encoded = [self.tokenizer.encode(text, chat=chat, system=system) for text in prompts]
+        results = self.generate_ids(encoded, params)
+        return [
+            Completion(prompt, tokens, self.tokenizer.decode(tokens), reason)
+            for prompt, (tokens, reason) in zip(encoded, results, strict=True)
+        ]
+
+    def score(self, token_ids: list[int]) -> np.ndarray:
+        """Logits [S, V] for every position of one sequence (for accuracy and perplexity)."""
+        self.check_prompt(token_ids)
+        self.kv.allocate_slots("score", len(token_ids))
+        try:
+            return self.decoder.step([StepInput("score", token_ids, 0)], all_logits=True)[0]
+        finally:
+            self.kv.free("score")

@@ -1,0 +1,102 @@
+"""One engine call over a batch of sequences, with their K/V in a paged pool owned here.
+
+The pool is one array [L, 2, NB, bs, KVH, D] in the engine's KV dtype; each layer's K and V are
+handed to the engine as contiguous views. After the call, this call's K/V (`new_kv`) are written
+into the sequences' blocks in place, in one fancy-indexed assignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import decoder_io as io
+from runtime.engines.base import Engine
+from runtime.kv import KVCacheManager
+
+
+@dataclass(frozen=True)
+class DecoderLimits:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    position_rank: int
+    max_batch: int
+    max_seq_len: int
+    block_size: int
+
+    @classmethod
+    def from_manifest(cls, decoder: dict) -> DecoderLimits:
+        return cls(**{name: decoder[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """New tokens for one sequence; its first `past_len` tokens are already in the pool."""
+
+    request_id: str
+    token_ids: list[int]
+    past_len: int
+    positions: np.ndarray | None = None  # [rank, n] rope positions; None = past_len + arange(n)
+
+
+class PagedTextDecoder:
+    def __init__(self, engine: Engine, limits: DecoderLimits, kv: KVCacheManager) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.kv = kv
+        self.kv_names = io.kv_input_names(limits.num_layers)
+        dtype = engine.input_dtypes[self.kv_names[0]]
+        self.pool = np.zeros(
+            (limits.num_layers, 2, kv.num_blocks, limits.block_size, limits.num_kv_heads, limits.head_dim), dtype
+        )
+        self.kv_views = {name: self.pool[i // 2, i % 2] for i, name in enumerate(self.kv_names)}
+
+    def step(self, batch: list[StepInput], all_logits: bool = False) -> np.ndarray:
+        """Run the new tokens of every sequence; the caller has allocated their slots.
+
+        Returns logits float32 [B, V] at each sequence's last new token, or [B, S, V] at every
+        position when `all_logits` (for scoring).
+        """
+        assert 0 < len(batch) <= self.limits.max_batch, "callers split batches at max_batch"
+        size, seq = len(batch), max(len(item.token_ids) for item in batch)
+        ids = np.zeros((size, seq), np.int64)
+        positions = np.zeros((self.limits.position_rank, size, seq), np.int64)
+        lengths = np.array([len(item.token_ids) for item in batch])
+        past = np.array([item.past_len for item in batch], np.int64)
+        bs = self.limits.block_size
+        tables = []
+        for row, item in enumerate(batch):
+            n = len(item.token_ids)
+            ids[row, :n] = item.token_ids
+            positions[:, row, :n] = item.past_len + np.arange(n) if item.positions is None else item.positions
+            tables.append(self.kv.block_table(item.request_id)[: -(-item.past_len // bs)])
+        if all_logits:
+            logit_index = np.broadcast_to(np.arange(seq), (size, seq)).copy()
+        else:
+            logit_index = (lengths - 1)[:, None]
+        feeds = {
+            io.INPUT_IDS: ids,
+            io.POSITION_IDS: positions if self.limits.position_rank == 3 else positions[0],
+            io.PAST_LENS: past,
+            io.BLOCK_TABLES: KVCacheManager.padded_block_tables(tables),
+            io.LOGIT_INDEX: logit_index.astype(np.int64),
+            **self.kv_views,
+        }
+        logits, new_kv = self.engine.run(feeds, [io.LOGITS, io.NEW_KV])  # new_kv: [L, 2, B, S, KVH, D]
+        self._write_kv(batch, new_kv)
+        return logits if all_logits else logits[:, 0]
+
+    def _write_kv(self, batch: list[StepInput], new_kv: np.ndarray) -> None:
+        rows, cols, blocks, offsets = [], [], [], []
+        for row, item in enumerate(batch):
+            n = len(item.token_ids)
+            block_ids, block_offsets = self.kv.slot_mapping(item.request_id, item.past_len, n)
+            rows.append(np.full(n, row))
+            cols.append(np.arange(n))
+            blocks.append(block_ids)
+            offsets.append(block_offsets)
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        self.pool[:, :, np.concatenate(blocks), np.concatenate(offsets)] = new_kv[:, :, rows, cols]
