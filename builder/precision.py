@@ -1,12 +1,14 @@
 """Precision lives in the graph: rewrite an fp32 ONNX decoder to fp16, keeping fragile maths fp32.
 
 Kept in fp32: rotary angles (positions × inverse frequencies reach thousands of radians; fp16 would
-lose whole radians), RMSNorm's statistics (Pow/ReduceMean/Sqrt/Reciprocal) and Softmax. The KV
+lose whole radians), each RMSNorm's statistics from x² to x·rsqrt (Llama-family models carry
+"massive activations" near 25,000 whose squares overflow fp16's 65,504), and Softmax. The KV
 pool and new K/V are fp16 (half the memory); logits stay fp32 for sampling and accuracy.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import onnx
@@ -15,7 +17,17 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from runtime import decoder_io as io
 
 FP32_OP_TYPES = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Cos", "Sin", "Range")
+RMSNORM_CHAIN = ("ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Mul")
 FP32_OUTPUTS = (io.LOGITS,)
+PASS_VERSION = 2  # bump when the rewrite changes, so builds redo their fp16 graphs
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    users = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            users[name].append(node)
+    return users
 
 
 def _rope_ancestors(graph: onnx.GraphProto) -> set[str]:
@@ -32,10 +44,56 @@ def _rope_ancestors(graph: onnx.GraphProto) -> set[str]:
     return seen
 
 
+def _rmsnorm_chains(graph: onnx.GraphProto) -> set[str]:
+    """Nodes of every Pow → ReduceMean → Add(eps) → Sqrt → Reciprocal → Mul(x, ·) chain."""
+    users = _consumers(graph)
+    keep: set[str] = set()
+    for node in graph.node:
+        if node.op_type != "Pow":
+            continue
+        chain, current = [node], node
+        while current.op_type != "Mul":
+            following = users[current.output[0]]
+            if len(following) != 1 or following[0].op_type not in RMSNORM_CHAIN:
+                break
+            current = following[0]
+            chain.append(current)
+        if current.op_type == "Mul":
+            keep.update(n.name for n in chain)
+    return keep
+
+
+def _skip_round_trips(graph: onnx.GraphProto, fp32_nodes: set[str]) -> None:
+    """The converter casts every fp32 node's output to fp16, then back to fp32 for the next fp32
+    node. Feed the next node the fp32 value directly: exact, and no overflow in between."""
+    producer = {output: node for node in graph.node for output in node.output}
+    to_fp16 = onnx.TensorProto.FLOAT16
+    replace: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "Cast" or node.attribute[0].i != onnx.TensorProto.FLOAT:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or first.op_type != "Cast" or first.attribute[0].i != to_fp16:
+            continue
+        source = producer.get(first.input[0])
+        if source is not None and source.name in fp32_nodes:
+            replace[node.output[0]] = first.input[0]
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in replace:
+                node.input[index] = replace[name]
+    graph_outputs = {o.name for o in graph.output}
+    used = {name for node in graph.node for name in node.input} | graph_outputs
+    live = [n for n in graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(live)
+
+
 def _tidy(graph: onnx.GraphProto) -> None:
-    """Repair two habits of the converter: it inserts the same Cast twice when one tensor feeds two
-    fp32 nodes (identical copies, so keeping one is exact), and appends Casts after their consumers
-    (the ONNX checker and TensorRT's parser want topological order)."""
+    """Repair two more habits of the converter: it inserts the same Cast twice when one tensor feeds
+    two fp32 nodes (identical copies, so keeping one is exact), and appends Casts after their
+    consumers (the ONNX checker and TensorRT's parser want topological order). Its value_info
+    also keeps stale dtypes, so intermediate type annotations are dropped (they are optional)."""
     unique: dict[bytes, onnx.NodeProto] = {}
     for node in graph.node:
         unique.setdefault(node.SerializeToString(), node)
@@ -52,18 +110,20 @@ def _tidy(graph: onnx.GraphProto) -> None:
         pending = [n for n in pending if id(n) not in ready_ids]
     del graph.node[:]
     graph.node.extend(ordered)
+    del graph.value_info[:]
 
 
 def fp16_from_fp32(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
-    keep = [node.name for node in model.graph.node if node.op_type in FP32_OP_TYPES]
-    keep += sorted(_rope_ancestors(model.graph))
+    keep = {node.name for node in model.graph.node if node.op_type in FP32_OP_TYPES}
+    keep |= _rope_ancestors(model.graph) | _rmsnorm_chains(model.graph)
     converted = convert_float_to_float16(
         model,
         keep_io_types=list(FP32_OUTPUTS),
         op_block_list=list(FP32_OP_TYPES),
-        node_block_list=keep,
+        node_block_list=sorted(keep),
     )
     _tidy(converted.graph)
+    _skip_round_trips(converted.graph, keep)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))

@@ -88,11 +88,12 @@ def precision_onnx_from_fp32(fp32: Path, precision: Precision, work: Path) -> Pa
     if precision is Precision.fp32:
         return fp32
     graph, record = work / f"{COMPONENT}.{precision.value}.onnx", work / f"{COMPONENT}.{precision.value}.json"
-    wanted = {"fp32_sha256": sha256_file(fp32)}
+    from builder.precision import PASS_VERSION, fp16_from_fp32
+
+    wanted = {"fp32_sha256": sha256_file(fp32), "pass_version": PASS_VERSION}
     if graph.is_file() and _read_json(record) == wanted:
         note(f"{precision.value} ONNX up to date: {graph}")
         return graph
-    from builder.precision import fp16_from_fp32
 
     with stage(f"rewrite {COMPONENT} to {precision.value}"):
         tmp = work / f".{graph.name}.tmp"

@@ -17,10 +17,14 @@ def build(
     model: Annotated[Path, typer.Option(help="Hugging Face model directory (models/NAME).")],
     out: Annotated[Path, typer.Option(help="Engines directory to write (engines/NAME).")],
     precision: Annotated[
-        list[Precision], typer.Option(help="Repeat for several; default fp32 and fp16.")
-    ] = [Precision.fp32, Precision.fp16],  # noqa: B006 (Typer needs a list default)
-    backend: Annotated[Backend, typer.Option(help="auto: TensorRT when it imports and a GPU is present.")] = Backend.auto,
-    work_dir: Annotated[Path | None, typer.Option(help="Where ONNX graphs go; default build/<model name>.")] = None,
+        list[Precision] | None, typer.Option(help="Repeat for several; default fp32 and fp16.")
+    ] = None,
+    backend: Annotated[
+        Backend, typer.Option(help="auto: TensorRT when it imports and a GPU is present.")
+    ] = Backend.auto,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Where ONNX graphs go; default build/<model name>.")
+    ] = None,
     max_seq_len: MaxSeqLen = 2048,
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
@@ -28,7 +32,9 @@ def build(
 
     model_dir = open_model_dir(model)
     cfg = BuildConfig(
-        export=export_config(model_dir, max_seq_len), precisions=tuple(dict.fromkeys(precision)), backend=backend
+        export=export_config(model_dir, max_seq_len),
+        precisions=tuple(dict.fromkeys(precision or [Precision.fp32, Precision.fp16])),
+        backend=backend,
     )
     with stage(f"build {model_dir.name} → {out}"):
         manifest = run_build(model_dir, cfg, out, work_dir or Path("build") / model_dir.name)

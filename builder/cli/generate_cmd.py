@@ -29,7 +29,9 @@ def generate(
     from runtime.generate import TextGenerator
     from runtime.sampling import SamplingParams
 
-    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens)
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
+    )
     try:
         params.validate()
     except ValueError as error:

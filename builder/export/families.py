@@ -45,7 +45,9 @@ class DecoderFamily:
     position_rank: int
     text_model: Callable[[nn.Module], nn.Module]
     apply_rope: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    run_layer: Callable[[nn.Module, torch.Tensor, AttentionFn, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
+    run_layer: Callable[
+        [nn.Module, torch.Tensor, AttentionFn, tuple[torch.Tensor, torch.Tensor]], torch.Tensor
+    ]
     head_dim: Callable[[object], int]
     model_class: type
 

@@ -22,9 +22,15 @@ ATOL, RTOL = 1e-4, 1e-4
 
 
 def decoder_feeds(
-    decoder: PagedDecoder, batch: int, seq: int, past: int, block_size: int, seed: int
+    decoder: PagedDecoder,
+    batch: int,
+    seq: int,
+    past: int,
+    block_size: int,
+    seed: int,
+    prefill_past: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Random but valid inputs: `past` tokens of random K/V in a pool, `seq` new tokens each."""
+    """Valid inputs: `seq` random new tokens per sequence after `past` tokens already in a pool."""
     rng = np.random.default_rng(seed)
     shape = decoder.shape
     blocks_per_seq = max(1, -(-past // block_size))
@@ -42,9 +48,29 @@ def decoder_feeds(
     }
     feeds = {name: value.astype(np.int64) for name, value in feeds.items()}
     kv_shape = (pool_blocks, block_size, shape.num_kv_heads, shape.head_dim)
+    # Unused slots hold noise: if masking leaked, outputs would change.
     for name in io.kv_input_names(shape.num_layers):
         feeds[name] = rng.standard_normal(kv_shape).astype(np.float32)
+    if past and prefill_past:
+        _fill_past(decoder, feeds, past, block_size, seed)
     return feeds
+
+
+def _fill_past(
+    decoder: PagedDecoder, feeds: dict[str, np.ndarray], past: int, block_size: int, seed: int
+) -> None:
+    """Write the K/V of a real prefill of `past` random tokens into each sequence's blocks, so
+    decode cases see in-distribution history rather than noise."""
+    batch = feeds[io.INPUT_IDS].shape[0]
+    prefill = decoder_feeds(decoder, batch, past, 0, block_size, seed + 1, prefill_past=False)
+    with torch.no_grad():
+        new_kv = decoder(*_torch_args(prefill, decoder.shape.num_layers))[
+            1
+        ].numpy()  # [L, 2, B, past, KVH, D]
+    blocks = feeds[io.BLOCK_TABLES][:, np.arange(past) // block_size]  # [B, past]
+    offsets = np.arange(past) % block_size
+    for index, name in enumerate(io.kv_input_names(decoder.shape.num_layers)):
+        feeds[name][blocks, offsets] = new_kv[index // 2, index % 2]
 
 
 def _torch_args(feeds: dict[str, np.ndarray], num_layers: int) -> tuple:
@@ -72,7 +98,15 @@ def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
 def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> None:
     """Write the fp32 graph to `out` (weights inline below 2 GB, else as external data)."""
     # Example sizes > 1 and all different, so no dynamic axis is specialised or tied to another.
-    example = decoder_feeds(decoder, batch=2, seq=5, past=3 * cfg.block_size - 1, block_size=cfg.block_size, seed=0)
+    example = decoder_feeds(
+        decoder,
+        batch=2,
+        seq=5,
+        past=3 * cfg.block_size - 1,
+        block_size=cfg.block_size,
+        seed=0,
+        prefill_past=False,
+    )
     example[io.LOGIT_INDEX] = example[io.LOGIT_INDEX][:, :3].copy()
     large = sum(p.numel() * p.element_size() for p in decoder.parameters()) > 1.8e9
     # The exporter chats on stdout; keep stdout for results.
@@ -94,7 +128,9 @@ def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> 
             raise ExportError(f"torch.onnx.export failed for the text decoder: {error}") from error
 
 
-def validate_text_decoder(decoder: PagedDecoder, model: torch.nn.Module, graph: Path, cfg: ExportConfig) -> ValidationReport:
+def validate_text_decoder(
+    decoder: PagedDecoder, model: torch.nn.Module, graph: Path, cfg: ExportConfig
+) -> ValidationReport:
     """ONNX Runtime vs the eager wrapper at batch 1 and 8 (prefill and decode over a paged past),
     and the eager wrapper vs the Hugging Face model's own forward (prefill logits)."""
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
@@ -107,9 +143,14 @@ def validate_text_decoder(decoder: PagedDecoder, model: torch.nn.Module, graph: 
             with torch.no_grad():
                 reference = [t.numpy() for t in decoder(*_torch_args(feeds, num_layers))]
             outputs = session.run(list(io.OUTPUTS), feeds)
-            checks += [compare(case, n, r, o, ATOL, RTOL) for n, r, o in zip(io.OUTPUTS, reference, outputs, strict=True)]
+            checks += [
+                compare(case, n, r, o, ATOL, RTOL)
+                for n, r, o in zip(io.OUTPUTS, reference, outputs, strict=True)
+            ]
             if phase == "prefill":
                 with torch.no_grad():
                     hf_logits = model(input_ids=torch.from_numpy(feeds[io.INPUT_IDS])).logits.numpy()
                 checks.append(compare(f"{case} vs HF", io.LOGITS, hf_logits, reference[0], ATOL, RTOL))
-    return ValidationReport(graph=graph.name, reference="PyTorch eager (paged wrapper; HF forward)", checks=tuple(checks))
+    return ValidationReport(
+        graph=graph.name, reference="PyTorch eager (paged wrapper; HF forward)", checks=tuple(checks)
+    )

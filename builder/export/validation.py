@@ -23,7 +23,9 @@ class OutputCheck:
         return self.max_abs_diff <= self.atol + self.rtol * self.ref_max_abs
 
 
-def compare(case: str, name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> OutputCheck:
+def compare(
+    case: str, name: str, reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float
+) -> OutputCheck:
     if reference.shape != candidate.shape:
         raise ValueError(f"{case}/{name}: shape {candidate.shape} != reference {reference.shape}")
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
