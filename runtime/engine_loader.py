@@ -32,14 +32,20 @@ def verify_entry(manifest: Manifest, engines_dir: Path, entry: EngineEntry) -> P
     if not path.is_file():
         raise StaleEngineError(f"engine file {path} listed in the manifest is missing; {hint}")
     if sha256_file(path) != entry.sha256:
-        raise StaleEngineError(f"engine file {path} does not match its manifest hash (modified or corrupt); {hint}")
+        raise StaleEngineError(
+            f"engine file {path} does not match its manifest hash (modified or corrupt); {hint}"
+        )
     installed = runtime_versions(entry.backend)
     if installed != entry.tools:
-        raise StaleEngineError(f"{path} was built with {entry.tools} but this machine has {installed}; {hint}")
+        raise StaleEngineError(
+            f"{path} was built with {entry.tools} but this machine has {installed}; {hint}"
+        )
     return path
 
 
-def load_engine(manifest: Manifest, engines_dir: Path, component: str, precision: str, threads: int = 0) -> Engine:
+def load_engine(
+    manifest: Manifest, engines_dir: Path, component: str, precision: str, threads: int = 0
+) -> Engine:
     entry = select_entry(manifest, engines_dir, component, precision)
     path = verify_entry(manifest, engines_dir, entry)
     if entry.backend == "onnxruntime":

@@ -42,7 +42,9 @@ def choose_precision(manifest: Manifest, requested: str) -> str:
 
 
 class TextGenerator:
-    def __init__(self, engines_dir: Path, precision: str = "auto", threads: int = 0, kv_blocks: int | None = None):
+    def __init__(
+        self, engines_dir: Path, precision: str = "auto", threads: int = 0, kv_blocks: int | None = None
+    ):
         self.manifest = Manifest.load(engines_dir)
         self.precision = choose_precision(self.manifest, precision)
         self.limits = DecoderLimits.from_manifest(self.manifest.decoder)
@@ -76,7 +78,10 @@ class TextGenerator:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, offset: int):
         ids = [f"seq-{offset + i}" for i in range(len(prompts))]
         # Each row gets its own generator so a seeded batch samples like the same prompts alone.
-        generators = [make_generator(None if params.seed is None else params.seed + offset + i) for i in range(len(prompts))]
+        generators = [
+            make_generator(None if params.seed is None else params.seed + offset + i)
+            for i in range(len(prompts))
+        ]
         outputs: list[list[int]] = [[] for _ in prompts]
         finish: list[str | None] = [None] * len(prompts)
         try:
@@ -105,7 +110,9 @@ class TextGenerator:
                 self.kv.free(rid)
         return [(out, reason or "length") for out, reason in zip(outputs, finish, strict=True)]
 
-    def generate(self, prompts: list[str], params: SamplingParams, chat: bool = False, system: str | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, chat: bool = False, system: str | None = None
+    ) -> list[Completion]:
         if not params.stop_token_ids:
             params = replace(params, stop_token_ids=self.tokenizer.stop_token_ids)
         encoded = [self.tokenizer.encode(text, chat=chat, system=system) for text in prompts]

@@ -50,7 +50,8 @@ class PagedTextDecoder:
         self.kv_names = io.kv_input_names(limits.num_layers)
         dtype = engine.input_dtypes[self.kv_names[0]]
         self.pool = np.zeros(
-            (limits.num_layers, 2, kv.num_blocks, limits.block_size, limits.num_kv_heads, limits.head_dim), dtype
+            (limits.num_layers, 2, kv.num_blocks, limits.block_size, limits.num_kv_heads, limits.head_dim),
+            dtype,
         )
         self.kv_views = {name: self.pool[i // 2, i % 2] for i, name in enumerate(self.kv_names)}
 

@@ -22,11 +22,17 @@ class TextTokenizer:
     def has_chat_template(self) -> bool:
         return bool(self.hf.chat_template)
 
-    def encode(self, text: str, chat: bool = False, system: str | None = None, **template_kwargs) -> list[int]:
+    def encode(
+        self, text: str, chat: bool = False, system: str | None = None, **template_kwargs
+    ) -> list[int]:
         if not chat:
             return self.hf.encode(text)
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        rendered = self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}
+        ]
+        rendered = self.hf.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **template_kwargs
+        )
         return self.hf.encode(rendered, add_special_tokens=False)
 
     def decode(self, token_ids: list[int]) -> str:

@@ -29,11 +29,10 @@ def generate(
     from runtime.generate import TextGenerator
     from runtime.sampling import SamplingParams
 
-    params = SamplingParams(
-        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
-    )
-    try:
-        params.validate()
+    try:  # SamplingParams validates itself
+        params = SamplingParams(
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
+        )
     except ValueError as error:
         raise RuntimeUserError(str(error)) from None
     generator = TextGenerator(engines, precision=precision, threads=threads)

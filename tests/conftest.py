@@ -1,0 +1,74 @@
+"""Session-scoped models and engines, built once per test run with the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "builder"]
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"autoglm-trt {' '.join(map(str, args))} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+def _model(tmp_path_factory, preset: str) -> Path:
+    out = tmp_path_factory.getbasetemp() / "models" / preset
+    if not (out / "config.json").exists():
+        run_cli("model", "create", "--preset", preset, "--out", out)
+    return out
+
+
+def _engines(tmp_path_factory, model: Path) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    out = base / "engines" / model.name
+    if not (out / "manifest.json").exists():
+        run_cli(
+            "build",
+            "--model",
+            model,
+            "--out",
+            out,
+            "--work-dir",
+            base / "build" / model.name,
+            "--precision",
+            "fp32",
+            "--precision",
+            "fp16",
+            "--backend",
+            "onnxruntime",
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def glm4v_tiny_model(tmp_path_factory) -> Path:
+    return _model(tmp_path_factory, "glm4v-tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory) -> Path:
+    return _model(tmp_path_factory, "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def glm4v_tiny_engines(tmp_path_factory, glm4v_tiny_model) -> Path:
+    return _engines(tmp_path_factory, glm4v_tiny_model)
+
+
+@pytest.fixture(scope="session")
+def smollm2_engines(tmp_path_factory, smollm2_model) -> Path:
+    return _engines(tmp_path_factory, smollm2_model)
+
+
+@pytest.fixture(params=["glm4v-tiny", "smollm2-135m"])
+def built(request) -> tuple[Path, Path]:
+    """(model dir, engines dir) for each preset."""
+    name = {"glm4v-tiny": "glm4v_tiny", "smollm2-135m": "smollm2"}[request.param]
+    return request.getfixturevalue(f"{name}_model"), request.getfixturevalue(f"{name}_engines")
