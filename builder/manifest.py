@@ -68,6 +68,7 @@ class Manifest:
     decoder: dict  # DecoderShape + position_rank + limits (max_batch, max_seq_len, block_size)
     axes: dict[str, list[int]]  # dynamic axis name -> [min, max] (the batch profile is 1–8)
     tokenizer_dir: str = "tokenizer"
+    build_tools: dict[str, str] = field(default_factory=dict)  # torch, transformers, onnx, … (record only)
     engines: dict[str, dict[str, EngineEntry]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from builder.build.onnxruntime_engine import ort_engine_from_onnx
-from builder.build.tensorrt_engine import tensorrt_available, trt_engine_from_onnx
+from builder.build.tensorrt_engine import require_tensorrt, tensorrt_available, trt_engine_from_onnx
 from builder.config import Backend, BuildConfig, ExportConfig, Precision
 from builder.errors import ExportError
 from builder.manifest import EngineEntry, Manifest, TensorSpec, sha256_file, write_json_atomic
@@ -25,7 +25,7 @@ from builder.progress import note, stage
 from runtime.compat import build_tool_versions, runtime_versions
 
 COMPONENT = "text_decoder"
-EXPORT_FORMAT = 1  # bump when the exported graph's contract changes
+EXPORT_FORMAT = 2  # bump when the exported graph changes, so builds redo stale exports
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 EngineStep = Callable[[Path, Path], dict]
@@ -164,6 +164,8 @@ def _copy_tokenizer(model_dir: ModelDir, out: Path) -> None:
 
 def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manifest:
     backend = resolve_backend(cfg.backend)
+    if backend is Backend.tensorrt:
+        require_tensorrt()  # before minutes of export, not after
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     with stage(f"hash {model_dir.path}"):
@@ -178,6 +180,7 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
     except Exception:  # no manifest yet, or an unreadable one: start afresh
         manifest = None
     manifest = manifest or Manifest(model={}, decoder={}, axes={})
+    manifest.build_tools = build_tool_versions()
     manifest.model = {
         "name": model_dir.name,
         "source_dir": str(model_dir.path),

@@ -43,21 +43,23 @@ def paged_attention(
     k_past = k_cache.index_select(0, blocks).view(batch, -1, num_kv_heads, dim).transpose(1, 2)
     v_past = v_cache.index_select(0, blocks).view(batch, -1, num_kv_heads, dim).transpose(1, 2)
     past = k_past.shape[2]
-    k = torch.cat([k_past, k_new], dim=2).unsqueeze(2)  # [B, KVH, 1, P+S, D]
-    v = torch.cat([v_past, v_new], dim=2).unsqueeze(2)
-    # Grouped-query attention without copying K/V: heads h = kvh * groups + g.
-    q = q.view(batch, num_kv_heads, groups, seq, dim)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, KVH, G, S, P+S]
+    k = torch.cat([k_past, k_new], dim=2)  # [B, KVH, T=P+S, D]
+    v = torch.cat([v_past, v_new], dim=2)
+    # Grouped-query attention without copying K/V: heads h = kvh * groups + g, so each KV head
+    # serves a [G*S] block of query rows. 4-D so ONNX Runtime fuses K's transpose into the MatMul.
+    q = q.reshape(batch, num_kv_heads, groups * seq, dim)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, KVH, G*S, T]
 
     past_visible = torch.arange(past, device=q.device)[None, :] < past_lens[:, None]  # [B, P]
     positions = torch.arange(seq, device=q.device)
     causal = positions[None, :] <= positions[:, None]  # [S, S]
     visible = torch.cat(
         [past_visible[:, None, :].expand(batch, seq, past), causal[None].expand(batch, seq, seq)], dim=-1
-    )  # [B, S, P+S]
+    )  # [B, S, T]
+    scores = scores.view(batch, num_kv_heads, groups, seq, -1)
     scores = scores.masked_fill(~visible[:, None, None], torch.finfo(torch.float32).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    out = torch.matmul(probs, v)  # [B, KVH, G, S, D]
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(batch, num_kv_heads, groups * seq, -1)
+    out = torch.matmul(probs, v).view(batch, num_kv_heads, groups, seq, dim)
     return out.permute(0, 3, 1, 2, 4).reshape(batch, seq, num_heads * dim)
 
 

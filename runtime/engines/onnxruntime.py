@@ -23,7 +23,15 @@ class OnnxRuntimeEngine(Engine):
         }
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        return self.session.run(outputs, feeds)
+        # IOBinding reads the caller's arrays in place; session.run() would copy every input,
+        # which for the KV pool is the whole cache on every decode step.
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in outputs:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
 def ort_type_to_numpy(ort_type: str) -> str:

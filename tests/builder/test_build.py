@@ -14,6 +14,7 @@ def test_manifest_describes_each_engine(built):
     manifest = Manifest.load(engines)
     assert manifest.precisions("text_decoder") == ["fp16", "fp32"]
     assert manifest.model["source_dir"] == str(model_dir)
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= manifest.build_tools.keys()
     for precision in ("fp32", "fp16"):
         entry = manifest.entry("text_decoder", precision)
         assert entry.backend == "onnxruntime"
