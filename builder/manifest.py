@@ -18,11 +18,16 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def update_digest(digest, path: Path) -> None:
+    """Stream a file into a hashlib digest (files here reach gigabytes)."""
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    update_digest(digest, path)
     return digest.hexdigest()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from builder.errors import ModelDirError
 from builder.export.families import DecoderFamily, family_for
+from builder.manifest import update_digest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -44,9 +45,7 @@ class ModelDir:
         digest = hashlib.sha256()
         for file in sorted(p for p in self.path.iterdir() if p.is_file()):
             digest.update(file.name.encode() + b"\0")
-            with file.open("rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    digest.update(chunk)
+            update_digest(digest, file)
         return digest.hexdigest()
 
 

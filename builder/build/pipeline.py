@@ -23,6 +23,7 @@ from builder.manifest import EngineEntry, Manifest, TensorSpec, sha256_file, wri
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from runtime.compat import build_tool_versions, runtime_versions
+from runtime.errors import EngineDirError
 
 COMPONENT = "text_decoder"
 EXPORT_FORMAT = 2  # bump when the exported graph changes, so builds redo stale exports
@@ -177,9 +178,8 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         manifest = Manifest.load(out)
         if manifest.model.get("source_hash") != source_hash:
             manifest.engines.clear()
-    except Exception:  # no manifest yet, or an unreadable one: start afresh
-        manifest = None
-    manifest = manifest or Manifest(model={}, decoder={}, axes={})
+    except EngineDirError:  # no manifest yet, or one this version cannot read: start afresh
+        manifest = Manifest(model={}, decoder={}, axes={})
     manifest.build_tools = build_tool_versions()
     manifest.model = {
         "name": model_dir.name,
