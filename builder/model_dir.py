@@ -11,7 +11,8 @@ from builder.errors import ModelDirError
 from builder.export.families import DecoderFamily, family_for
 from builder.manifest import update_digest
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # what from_pretrained loads
+NOT_SIDE_FILES = (*WEIGHT_SUFFIXES, ".gguf")  # never copied beside the engines
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class ModelDir:
             self.path, dtype=torch.float32, attn_implementation="eager"
         )
         return model.eval()
+
+    def side_files(self) -> list[Path]:
+        """Top-level files other than weights: config, tokenizer, chat template, generation config."""
+        return [p for p in self.path.iterdir() if p.is_file() and not p.name.endswith(NOT_SIDE_FILES)]
 
     def source_hash(self) -> str:
         """sha256 over every top-level file (config, weights, tokenizer), in name order."""

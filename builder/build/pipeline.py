@@ -27,7 +27,6 @@ from runtime.errors import EngineDirError
 
 COMPONENT = "text_decoder"
 EXPORT_FORMAT = 2  # bump when the exported graph changes, so builds redo stale exports
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 EngineStep = Callable[[Path, Path], dict]
 ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
@@ -85,13 +84,13 @@ def fp32_onnx_from_model(model_dir: ModelDir, cfg: ExportConfig, work: Path, sou
     return graph
 
 
-def precision_onnx_from_fp32(fp32: Path, precision: Precision, work: Path) -> Path:
+def precision_onnx_from_fp32(fp32: Path, fp32_hash: str, precision: Precision, work: Path) -> Path:
     if precision is Precision.fp32:
         return fp32
     graph, record = work / f"{COMPONENT}.{precision.value}.onnx", work / f"{COMPONENT}.{precision.value}.json"
     from builder.precision import PASS_VERSION, fp16_from_fp32
 
-    wanted = {"fp32_sha256": sha256_file(fp32), "pass_version": PASS_VERSION}
+    wanted = {"fp32_sha256": fp32_hash, "pass_version": PASS_VERSION}
     if graph.is_file() and _read_json(record) == wanted:
         note(f"{precision.value} ONNX up to date: {graph}")
         return graph
@@ -114,8 +113,9 @@ def _tensor_specs(values) -> list[TensorSpec]:
     return specs
 
 
-def engine_from_onnx(graph: Path, precision: Precision, backend: Backend, out: Path, manifest: Manifest) -> None:
-    graph_hash = sha256_file(graph)
+def engine_from_onnx(
+    graph: Path, graph_hash: str, precision: Precision, backend: Backend, out: Path, manifest: Manifest
+) -> None:
     step, suffix = ENGINE_STEPS[backend]
     name = f"{COMPONENT}.{precision.value}.{suffix}"
     current = manifest.entry(COMPONENT, precision.value)
@@ -158,9 +158,8 @@ def engine_from_onnx(graph: Path, precision: Precision, backend: Backend, out: P
 def _copy_tokenizer(model_dir: ModelDir, out: Path) -> None:
     target = out / "tokenizer"
     target.mkdir(exist_ok=True)
-    for file in model_dir.path.iterdir():
-        if file.is_file() and not file.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(file, target / file.name)
+    for file in model_dir.side_files():
+        shutil.copy2(file, target / file.name)
 
 
 def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manifest:
@@ -201,9 +200,11 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         "blocks": [1, export_cfg.max_blocks_per_seq],
         "logit_positions": [1, export_cfg.max_seq_len],
     }
+    fp32_hash = sha256_file(fp32)  # hundreds of MB: hash once, use for every precision
     for precision in cfg.precisions:
-        graph = precision_onnx_from_fp32(fp32, precision, work)
-        engine_from_onnx(graph, precision, backend, out, manifest)
+        graph = precision_onnx_from_fp32(fp32, fp32_hash, precision, work)
+        graph_hash = fp32_hash if graph == fp32 else sha256_file(graph)
+        engine_from_onnx(graph, graph_hash, precision, backend, out, manifest)
     _copy_tokenizer(model_dir, out)
     manifest.save(out)
     return manifest
