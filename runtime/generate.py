@@ -16,6 +16,7 @@ from runtime.engine_loader import load_engine
 from runtime.errors import PromptTooLongError, RuntimeUserError
 from runtime.kv import KVCacheManager
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder, StepInput
+from runtime.prompt import PreparedPrompt
 from runtime.sampling import Sampler, SamplingParams, make_generator
 from runtime.tokenizer import TextTokenizer
 
@@ -67,15 +68,18 @@ class TextGenerator:
                 f"(prompt + completion); shorten the prompt or rebuild with a larger --max-seq-len"
             )
 
-    def generate_ids(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list[int], str]]:
+    def generate_ids(
+        self, prompts: list[list[int]] | list[PreparedPrompt], params: SamplingParams
+    ) -> list[tuple[list[int], str]]:
+        prompts = [p if isinstance(p, PreparedPrompt) else PreparedPrompt(list(p)) for p in prompts]
         for prompt in prompts:
-            self.check_prompt(prompt)
+            self.check_prompt(prompt.token_ids)
         results: list[tuple[list[int], str]] = []
         for start in range(0, len(prompts), self.limits.max_batch):
             results += self._generate_batch(prompts[start : start + self.limits.max_batch], params, start)
         return results
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, offset: int):
+    def _generate_batch(self, prompts: list[PreparedPrompt], params: SamplingParams, offset: int):
         ids = [f"seq-{offset + i}" for i in range(len(prompts))]
         # Each row gets its own generator so a seeded batch samples like the same prompts alone.
         generators = [
@@ -85,7 +89,7 @@ class TextGenerator:
         outputs: list[list[int]] = [[] for _ in prompts]
         finish: list[str | None] = [None] * len(prompts)
         try:
-            pending = [StepInput(rid, list(p), 0) for rid, p in zip(ids, prompts, strict=True)]
+            pending = [p.prefill_input(rid) for rid, p in zip(ids, prompts, strict=True)]
             rows = list(range(len(prompts)))
             while pending:
                 for item in pending:
@@ -102,7 +106,7 @@ class TextGenerator:
                     elif len(outputs[row]) >= params.max_tokens or total >= self.limits.max_seq_len:
                         finish[row] = "length"
                     else:
-                        next_pending.append(StepInput(item.request_id, [token], total - 1))
+                        next_pending.append(prompts[row].decode_input(item.request_id, token, total - 1))
                         next_rows.append(row)
                 pending, rows = next_pending, next_rows
         finally:

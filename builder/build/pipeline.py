@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 
+from builder.build.components import Component, components_for
 from builder.build.onnxruntime_engine import ort_engine_from_onnx
 from builder.build.tensorrt_engine import require_tensorrt, tensorrt_available, trt_engine_from_onnx
 from builder.config import Backend, BuildConfig, ExportConfig, Precision
@@ -24,9 +25,6 @@ from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from runtime.compat import build_tool_versions, runtime_versions
 from runtime.errors import EngineDirError
-
-COMPONENT = "text_decoder"
-EXPORT_FORMAT = 2  # bump when the exported graph changes, so builds redo stale exports
 
 EngineStep = Callable[[Path, Path], dict]
 ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
@@ -50,52 +48,55 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def fp32_onnx_from_model(model_dir: ModelDir, cfg: ExportConfig, work: Path, source_hash: str) -> Path:
-    """Export and validate the fp32 text decoder, unless an export of the same inputs exists."""
-    graph, record = work / f"{COMPONENT}.fp32.onnx", work / f"{COMPONENT}.fp32.export.json"
-    wanted = {"format": EXPORT_FORMAT, "source_hash": source_hash, "config": cfg.as_dict()}
+def fp32_onnx_from_model(
+    component: Component,
+    load_model: Callable[[], object],
+    model_dir: ModelDir,
+    cfg: ExportConfig,
+    work: Path,
+    source_hash: str,
+) -> Path:
+    """Export and validate one component at fp32, unless an export of the same inputs exists."""
+    name = component.name
+    graph, record = work / f"{name}.fp32.onnx", work / f"{name}.fp32.export.json"
+    wanted = {"format": component.export_format, "source_hash": source_hash, "config": cfg.as_dict()}
     previous = _read_json(record)
     if graph.is_file() and previous and {k: previous.get(k) for k in wanted} == wanted:
-        note(f"fp32 ONNX up to date: {graph}")
+        note(f"{name} fp32 ONNX up to date: {graph}")
         return graph
 
-    from builder.export.paged_decoder import PagedDecoder
-    from builder.export.text_decoder import export_text_decoder, validate_text_decoder
-
-    with stage(f"load {model_dir.path}"):
-        model = model_dir.load()
-        decoder = PagedDecoder(model, model_dir.family).eval()
     tmp = work / f".{graph.name}.tmp"
-    with stage(f"export {COMPONENT} → ONNX (batch 1–{cfg.max_batch}, ≤{cfg.max_seq_len} tokens)"):
-        export_text_decoder(decoder, cfg, tmp)
-    with stage("validate ONNX Runtime vs PyTorch (batch 1 and 8)"):
-        report = validate_text_decoder(decoder, model, tmp, cfg)
-        for line in report.lines():
-            note(line)
-        report.save(work / f"{COMPONENT}.fp32.validation.json")
+    report = component.export(load_model(), model_dir, cfg, tmp)
+    for line in report.lines():
+        note(line)
+    report_path = work / f"{name}.fp32.validation.json"
+    report.save(report_path)
     if not report.passed:
         tmp.unlink()
         raise ExportError(
-            f"exported {COMPONENT} disagrees with PyTorch beyond tolerance (see "
-            f"{work / (COMPONENT + '.fp32.validation.json')}); this is a bug, please report it"
+            f"exported {name} disagrees with PyTorch beyond tolerance (see {report_path}); "
+            f"this is a bug, please report it"
         )
     os.replace(tmp, graph)
     write_json_atomic(record, wanted | {"tools": build_tool_versions()})
     return graph
 
 
-def precision_onnx_from_fp32(fp32: Path, fp32_hash: str, precision: Precision, work: Path) -> Path:
+def precision_onnx_from_fp32(
+    component: Component, fp32: Path, fp32_hash: str, precision: Precision, work: Path
+) -> Path:
     if precision is Precision.fp32:
         return fp32
-    graph, record = work / f"{COMPONENT}.{precision.value}.onnx", work / f"{COMPONENT}.{precision.value}.json"
+    name = component.name
+    graph, record = work / f"{name}.{precision.value}.onnx", work / f"{name}.{precision.value}.json"
     from builder.precision import PASS_VERSION, fp16_from_fp32
 
     wanted = {"fp32_sha256": fp32_hash, "pass_version": PASS_VERSION}
     if graph.is_file() and _read_json(record) == wanted:
-        note(f"{precision.value} ONNX up to date: {graph}")
+        note(f"{name} {precision.value} ONNX up to date: {graph}")
         return graph
 
-    with stage(f"rewrite {COMPONENT} to {precision.value}"):
+    with stage(f"rewrite {name} to {precision.value}"):
         tmp = work / f".{graph.name}.tmp"
         fp16_from_fp32(fp32, tmp)
         os.replace(tmp, graph)
@@ -114,11 +115,17 @@ def _tensor_specs(values) -> list[TensorSpec]:
 
 
 def engine_from_onnx(
-    graph: Path, graph_hash: str, precision: Precision, backend: Backend, out: Path, manifest: Manifest
+    component: Component,
+    graph: Path,
+    graph_hash: str,
+    precision: Precision,
+    backend: Backend,
+    out: Path,
+    manifest: Manifest,
 ) -> None:
     step, suffix = ENGINE_STEPS[backend]
-    name = f"{COMPONENT}.{precision.value}.{suffix}"
-    current = manifest.entry(COMPONENT, precision.value)
+    name = f"{component.name}.{precision.value}.{suffix}"
+    current = manifest.entry(component.name, precision.value)
     if (
         current
         and current.graph_sha256 == graph_hash
@@ -126,9 +133,9 @@ def engine_from_onnx(
         and (out / current.file).is_file()
         and current.tools == runtime_versions(backend.value)
     ):
-        note(f"{precision.value} engine up to date: {out / current.file}")
+        note(f"{component.name} {precision.value} engine up to date: {out / current.file}")
         return
-    with stage(f"build {COMPONENT} {precision.value} engine ({backend.value})"):
+    with stage(f"build {component.name} {precision.value} engine ({backend.value})"):
         start = time.perf_counter()
         tmp = out / f".{name}.tmp"
         report = step(graph, tmp)
@@ -136,7 +143,7 @@ def engine_from_onnx(
         model = onnx.load(str(graph), load_external_data=False)
         manifest.put(
             EngineEntry(
-                component=COMPONENT,
+                component=component.name,
                 precision=precision.value,
                 backend=backend.value,
                 file=name,
@@ -172,7 +179,22 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         source_hash = model_dir.source_hash()
     shape = model_dir.family.shape(model_dir.load_config())
     export_cfg = cfg.export
-    fp32 = fp32_onnx_from_model(model_dir, export_cfg, work, source_hash)
+    components = components_for(model_dir)
+    fp32_graphs = {}
+    model = None
+
+    def load_model():  # once, and only if some component's export is stale
+        nonlocal model
+        if model is None:
+            with stage(f"load {model_dir.path}"):
+                model = model_dir.load()
+        return model
+
+    for component in components:
+        fp32_graphs[component.name] = fp32_onnx_from_model(
+            component, load_model, model_dir, export_cfg, work, source_hash
+        )
+    model = None  # free the PyTorch weights before engine builds
     try:
         manifest = Manifest.load(out)
         if manifest.model.get("source_hash") != source_hash:
@@ -200,11 +222,13 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         "blocks": [1, export_cfg.max_blocks_per_seq],
         "logit_positions": [1, export_cfg.max_seq_len],
     }
-    fp32_hash = sha256_file(fp32)  # hundreds of MB: hash once, use for every precision
-    for precision in cfg.precisions:
-        graph = precision_onnx_from_fp32(fp32, fp32_hash, precision, work)
-        graph_hash = fp32_hash if graph == fp32 else sha256_file(graph)
-        engine_from_onnx(graph, graph_hash, precision, backend, out, manifest)
+    for component in components:
+        fp32 = fp32_graphs[component.name]
+        fp32_hash = sha256_file(fp32)  # hundreds of MB: hash once, use for every precision
+        for precision in cfg.precisions:
+            graph = precision_onnx_from_fp32(component, fp32, fp32_hash, precision, work)
+            graph_hash = fp32_hash if graph == fp32 else sha256_file(graph)
+            engine_from_onnx(component, graph, graph_hash, precision, backend, out, manifest)
     _copy_tokenizer(model_dir, out)
     manifest.save(out)
     return manifest
