@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 class Precision(enum.StrEnum):
     fp32 = "fp32"
     fp16 = "fp16"
+    int8 = "int8"
 
 
 class Backend(enum.StrEnum):
@@ -35,7 +37,28 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class TensorRTConfig:
+    """TensorRT builder options (builder/build/tensorrt_engine.py)."""
+
+    optimization_level: int = 3  # IBuilderConfig.builder_optimization_level, 0–5 (TensorRT's default: 3)
+    workspace_gib: float | None = None  # MemoryPoolType.WORKSPACE limit; None: TensorRT's default (all)
+    check_only: bool = False  # run export + precision passes and the CPU compatibility check only
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """INT8 calibration (calibration/): which samples, and which quantisable nodes stay float."""
+
+    data: Path | None = None  # a directory of the user's files; None: the built-in default data
+    samples: int = 64
+    excludes: tuple[str, ...] = ()  # globs on node names kept out of int8 (lm_head always is)
+    int8_sensitive: bool = False  # also quantise decoders' q/k/v and MLP down projections
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     precisions: tuple[Precision, ...] = (Precision.fp32, Precision.fp16)
     backend: Backend = Backend.auto
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
+from builder.cli.calibrate_cmd import CalibData, CalibSamples, Exclude, Int8Sensitive
 from builder.cli.options import MaxSeqLen, export_config
-from builder.config import Backend, BuildConfig, Precision
+from builder.config import Backend, BuildConfig, CalibrationConfig, Precision, TensorRTConfig
+from builder.errors import BackendUnavailableError
 from builder.model_dir import open_model_dir
 from builder.progress import console, stage
 
@@ -26,15 +28,40 @@ def build(
         Path | None, typer.Option(help="Where ONNX graphs go; default build/<model name>.")
     ] = None,
     max_seq_len: MaxSeqLen = 2048,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-only",
+            help="With --backend tensorrt: export and rewrite precision, then check every graph against "
+            "TensorRT's ONNX parser on the CPU instead of building (no TensorRT needed).",
+        ),
+    ] = False,
+    trt_opt_level: Annotated[
+        int, typer.Option(min=0, max=5, help="TensorRT builder optimization level (0 fastest build, 5 best).")
+    ] = 3,
+    trt_workspace_gib: Annotated[
+        float | None, typer.Option(min=0.0625, help="TensorRT workspace memory limit in GiB (default: all).")
+    ] = None,
+    calib_data: CalibData = None,
+    calib_samples: CalibSamples = CalibrationConfig.samples,
+    exclude: Exclude = None,
+    int8_sensitive: Int8Sensitive = False,
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
     from builder.build.pipeline import build as run_build
 
+    if check_only and backend is not Backend.tensorrt:
+        raise BackendUnavailableError(
+            f"--check-only checks graphs for the TensorRT backend, but --backend is {backend.value}; "
+            "add --backend tensorrt"
+        )
     model_dir = open_model_dir(model)
     cfg = BuildConfig(
         export=export_config(model_dir, max_seq_len),
         precisions=tuple(dict.fromkeys(precision or [Precision.fp32, Precision.fp16])),
         backend=backend,
+        tensorrt=TensorRTConfig(trt_opt_level, trt_workspace_gib, check_only),
+        calibration=CalibrationConfig(calib_data, calib_samples, tuple(exclude or ()), int8_sensitive),
     )
     with stage(f"build {model_dir.name} → {out}"):
         manifest = run_build(model_dir, cfg, out, work_dir or Path("build") / model_dir.name)

@@ -1,0 +1,65 @@
+"""Run the fp32 graph with ONNX Runtime over calibration feeds and stream activation histograms.
+
+The graph is re-saved with the calibrated tensors (the quantisable ops' activation inputs) added
+as graph outputs, next to the original so external weight files still resolve; each feed is one
+engine call whose outputs are folded into the per-tensor histograms and then dropped, so memory
+is one fixed-size histogram per tensor plus one call's activations, whatever the sample count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from builder.progress import note
+from calibration.entropy import entropy_threshold
+from calibration.feeds import CalibrationSet
+from calibration.histogram import DEFAULT_BINS, AbsHistogram
+
+
+def augmented_session(graph: Path, tensors: list[str], threads: int = 0) -> ort.InferenceSession:
+    model = onnx.load(str(graph), load_external_data=False)
+    present = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    tmp = graph.with_name(f".{graph.stem}.calibration.onnx")
+    try:
+        onnx.save(model, str(tmp))
+        del model
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def collect_histograms(
+    graph: Path, tensors: list[str], data: CalibrationSet, bins: int = DEFAULT_BINS
+) -> tuple[dict[str, AbsHistogram], int]:
+    """Per-tensor |x| histograms over every feed; returns them and the number of engine calls."""
+    session = augmented_session(graph, tensors)
+    histograms = {name: AbsHistogram(bins) for name in tensors}
+    calls = 0
+    for feed in data.feeds(session.get_inputs()):
+        outputs = session.run(tensors, feed)
+        for name, value in zip(tensors, outputs, strict=True):
+            histograms[name].update(value, name)
+        calls += 1
+        if calls % 16 == 0:
+            note(f"calibration: {calls} samples")
+    return histograms, calls
+
+
+def thresholds_from_histograms(histograms: dict[str, AbsHistogram]) -> dict[str, float]:
+    return {name: entropy_threshold(hist) for name, hist in histograms.items()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
