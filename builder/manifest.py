@@ -75,6 +75,10 @@ class Manifest:
     tokenizer_dir: str = "tokenizer"
     build_tools: dict[str, str] = field(default_factory=dict)  # torch, transformers, onnx, … (record only)
     engines: dict[str, dict[str, EngineEntry]] = field(default_factory=dict)
+    # Per media encoder ("vision_encoder", "audio_encoder"): input shape, tokens per image/clip,
+    # hidden size, placeholder token ids and preprocessing config (what the runtime needs to
+    # turn files into encoder inputs without the model dir).
+    encoders: dict[str, dict] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def entry(self, component: str, precision: str) -> EngineEntry | None:

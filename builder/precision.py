@@ -18,7 +18,9 @@ from runtime import decoder_io as io
 
 FP32_OP_TYPES = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Cos", "Sin", "Range")
 RMSNORM_CHAIN = ("ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Mul")
-FP32_OUTPUTS = (io.LOGITS,)
+# Graph inputs/outputs kept fp32: logits (sampling), and the media encoders' pixel/feature inputs
+# and embeddings, so an encoder's I/O contract is the same at every precision.
+FP32_OUTPUTS = (io.LOGITS, "pixel_values", "input_features", "embeddings")
 PASS_VERSION = 2  # bump when the rewrite changes, so builds redo their fp16 graphs
 
 

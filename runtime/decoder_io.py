@@ -2,6 +2,12 @@
 
 See builder/export/paged_decoder.py for shapes. The pool is passed per layer so each input is
 a contiguous view of one [L, 2, NB, bs, KVH, D] array, with no copy.
+
+Decoders of models with media encoders (vision/audio) take two more inputs, so encoder outputs
+replace the placeholder tokens' embeddings inside the graph:
+    media_embeds  float [M, H]  embedding rows (M ≥ 1; text-only steps feed one zero row)
+    media_rows    int64 [B, S]  -1 = embed `input_ids` as usual, r ≥ 0 = use media_embeds[r]
+Text-only models (no encoders) are exported without them; the runtime looks at the engine's inputs.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ POSITION_IDS = "position_ids"
 PAST_LENS = "past_lens"
 BLOCK_TABLES = "block_tables"
 LOGIT_INDEX = "logit_index"
+MEDIA_EMBEDS = "media_embeds"
+MEDIA_ROWS = "media_rows"
 LOGITS = "logits"
 NEW_KV = "new_kv"
 
 TOKEN_INPUTS = (INPUT_IDS, POSITION_IDS, PAST_LENS, BLOCK_TABLES, LOGIT_INDEX)
+MEDIA_INPUTS = (MEDIA_EMBEDS, MEDIA_ROWS)
 OUTPUTS = (LOGITS, NEW_KV)
 
 
@@ -22,5 +31,6 @@ def kv_input_names(num_layers: int) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(num_layers) for kind in ("key_cache", "value_cache")]
 
 
-def input_names(num_layers: int) -> list[str]:
-    return [*TOKEN_INPUTS, *kv_input_names(num_layers)]
+def input_names(num_layers: int, media: bool = False) -> list[str]:
+    """Graph input order: token inputs, the pool per layer, then the media inputs if any."""
+    return [*TOKEN_INPUTS, *kv_input_names(num_layers), *(MEDIA_INPUTS if media else ())]

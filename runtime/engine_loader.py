@@ -7,7 +7,27 @@ from pathlib import Path
 from builder.manifest import EngineEntry, Manifest, sha256_file
 from runtime.compat import runtime_versions
 from runtime.engines.base import Engine
-from runtime.errors import EngineDirError, StaleEngineError
+from runtime.errors import EngineDirError, MissingEncoderError, StaleEngineError
+
+TEXT_DECODER = "text_decoder"
+PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # what `auto` takes: the smallest engine built
+
+
+def choose_component_precision(manifest: Manifest, component: str, requested: str) -> str:
+    """The precision to load for `component`. `auto` takes the first built of int8 > fp16 > fp32.
+    The text decoder gets exactly what was asked (select_entry names what is built if it is not);
+    an encoder may lack a precision the decoder has (e.g. int8) and falls back the same way, since
+    any encoder precision feeds any decoder."""
+    built = manifest.precisions(component)
+    if requested in built or (component == TEXT_DECODER and requested != "auto"):
+        return requested
+    if not built:
+        if component == TEXT_DECODER:
+            raise EngineDirError(
+                "the manifest lists no text_decoder engine; rebuild with `autoglm-trt build`"
+            )
+        raise MissingEncoderError(f"the engines of {manifest.model.get('name')} include no {component}")
+    return next(p for p in PRECISION_PREFERENCE if p in built)
 
 
 def rebuild_hint(manifest: Manifest, engines_dir: Path, precision: str) -> str:
@@ -52,6 +72,10 @@ def load_engine(
         from runtime.engines.onnxruntime import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(path, threads=threads)
+    if entry.backend == "tensorrt":
+        from runtime.engines.tensorrt import TensorRTEngine
+
+        return TensorRTEngine(path)
     raise EngineDirError(
         f"{path} is a {entry.backend} engine, which this runtime cannot load yet; "
         f"{rebuild_hint(manifest, engines_dir, entry.precision)} --backend onnxruntime"

@@ -15,3 +15,11 @@ class StaleEngineError(RuntimeUserError):
 
 class PromptTooLongError(RuntimeUserError):
     """The prompt (plus requested tokens) exceeds the maximum the engine was built for."""
+
+
+class MediaInputError(RuntimeUserError):
+    """An image or audio clip that cannot be used: unreadable, wrong size or format, too many."""
+
+
+class MissingEncoderError(MediaInputError):
+    """Images or audio were given to engines built without the encoder for them."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.manifest import Manifest
-from runtime.engine_loader import load_engine
+from runtime.engine_loader import choose_component_precision, load_engine
 from runtime.errors import PromptTooLongError, RuntimeUserError
 from runtime.kv import KVCacheManager
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder, StepInput
@@ -21,7 +21,6 @@ from runtime.sampling import Sampler, SamplingParams, make_generator
 from runtime.tokenizer import TextTokenizer
 
 COMPONENT = "text_decoder"
-PRECISION_PREFERENCE = ("int8", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,7 @@ class Completion:
 
 
 def choose_precision(manifest: Manifest, requested: str) -> str:
-    built = manifest.precisions(COMPONENT)
-    if requested != "auto":
-        return requested
-    for precision in PRECISION_PREFERENCE:
-        if precision in built:
-            return precision
-    raise RuntimeUserError("the manifest lists no text_decoder engine; rebuild with `autoglm-trt build`")
+    return choose_component_precision(manifest, COMPONENT, requested)
 
 
 class TextGenerator:
@@ -51,6 +44,8 @@ class TextGenerator:
         self.limits = DecoderLimits.from_manifest(self.manifest.decoder)
         engine = load_engine(self.manifest, engines_dir, COMPONENT, self.precision, threads=threads)
         self.tokenizer = TextTokenizer(engines_dir / self.manifest.tokenizer_dir)
+        self.engines_dir, self.threads = engines_dir, threads
+        self._media = None  # (LocalEncoders, MultimodalPromptBuilder), made on first media prompt
         # np.zeros maps pages lazily: a full-capacity pool costs memory only for blocks used.
         blocks_per_seq = -(-self.limits.max_seq_len // self.limits.block_size)
         kv_blocks = kv_blocks or 1 + self.limits.max_batch * blocks_per_seq
@@ -124,6 +119,54 @@ class TextGenerator:
         return [
             Completion(prompt, tokens, self.tokenizer.decode(tokens), reason)
             for prompt, (tokens, reason) in zip(encoded, results, strict=True)
+        ]
+
+    @property
+    def encoders(self):
+        """The image/audio encoders (runtime.multimodal.LocalEncoders); each engine loads on first use."""
+        return self._media_parts()[0]
+
+    def _media_parts(self):
+        if self._media is None:
+            from runtime.multimodal import LocalEncoders, MultimodalPromptBuilder
+
+            encoders = LocalEncoders(self.engines_dir, self.manifest, self.precision, self.threads)
+            builder = MultimodalPromptBuilder(self.engines_dir, self.manifest, self.tokenizer)
+            self._media = (encoders, builder)
+        return self._media
+
+    def prepare_media(
+        self,
+        text: str,
+        images: list[bytes],
+        audios: list[bytes],
+        system: str | None = None,
+        **template_kwargs,
+    ) -> PreparedPrompt:
+        """A chat prompt of one user turn: the images, then the audio clips, then `text`."""
+        parts = [{"type": "image"} for _ in images] + [{"type": "audio"} for _ in audios]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+        ]
+        encoders, builder = self._media_parts()
+        return builder.prepare(messages, images, audios, encoders, **template_kwargs)
+
+    def generate_media(
+        self,
+        prompts: list[str],
+        images: list[bytes],
+        audios: list[bytes],
+        params: SamplingParams,
+        system: str | None = None,
+    ) -> list[Completion]:
+        """Like `generate` with chat=True, each prompt preceded by the same images and audio clips."""
+        if not params.stop_token_ids:
+            params = replace(params, stop_token_ids=self.tokenizer.stop_token_ids)
+        prepared = [self.prepare_media(text, images, audios, system) for text in prompts]
+        results = self.generate_ids(prepared, params)
+        return [
+            Completion(prompt.token_ids, tokens, self.tokenizer.decode(tokens), reason)
+            for prompt, (tokens, reason) in zip(prepared, results, strict=True)
         ]
 
     def score(self, token_ids: list[int]) -> np.ndarray:

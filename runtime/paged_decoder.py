@@ -13,6 +13,7 @@ import numpy as np
 
 from runtime import decoder_io as io
 from runtime.engines.base import Engine
+from runtime.errors import RuntimeUserError
 from runtime.kv import KVCacheManager
 
 
@@ -26,6 +27,7 @@ class DecoderLimits:
     max_batch: int
     max_seq_len: int
     block_size: int
+    hidden_size: int = 0  # width of media_embeds rows (decoders of models with encoders)
 
     @classmethod
     def from_manifest(cls, decoder: dict) -> DecoderLimits:
@@ -40,6 +42,9 @@ class StepInput:
     token_ids: list[int]
     past_len: int
     positions: np.ndarray | None = None  # [rank, n] rope positions; None = past_len + arange(n)
+    # Encoder output rows [k, H] float32 replacing the embeddings of token_ids[media_index] ([k] ints).
+    media_embeds: np.ndarray | None = None
+    media_index: np.ndarray | None = None
 
 
 class PagedTextDecoder:
@@ -54,6 +59,11 @@ class PagedTextDecoder:
             dtype,
         )
         self.kv_views = {name: self.pool[i // 2, i % 2] for i, name in enumerate(self.kv_names)}
+        # Decoders of models with encoders take media rows (runtime/decoder_io.py); text-only
+        # steps feed one zero row and no row indices, which costs nothing measurable.
+        self.media_dtype = engine.input_dtypes.get(io.MEDIA_EMBEDS)
+        if self.media_dtype is not None:
+            self.no_media = np.zeros((1, limits.hidden_size), self.media_dtype)
 
     def step(self, batch: list[StepInput], all_logits: bool = False) -> np.ndarray:
         """Run the new tokens of every sequence; the caller has allocated their slots.
@@ -85,10 +95,27 @@ class PagedTextDecoder:
             io.BLOCK_TABLES: KVCacheManager.padded_block_tables(tables),
             io.LOGIT_INDEX: logit_index.astype(np.int64),
             **self.kv_views,
+            **self._media_feeds(batch, seq),
         }
         logits, new_kv = self.engine.run(feeds, [io.LOGITS, io.NEW_KV])  # new_kv: [L, 2, B, S, KVH, D]
         self._write_kv(batch, new_kv)
         return logits if all_logits else logits[:, 0]
+
+    def _media_feeds(self, batch: list[StepInput], seq: int) -> dict[str, np.ndarray]:
+        with_media = [item for item in batch if item.media_embeds is not None and len(item.media_embeds)]
+        if self.media_dtype is None:
+            if with_media:
+                raise RuntimeUserError("these engines' text decoder takes no image or audio embeddings")
+            return {}
+        rows = np.full((len(batch), seq), -1, np.int64)
+        chunks, offset = [], 0
+        for row, item in enumerate(batch):
+            if item.media_embeds is not None and len(item.media_embeds):
+                rows[row, item.media_index] = offset + np.arange(len(item.media_embeds))
+                chunks.append(item.media_embeds)
+                offset += len(item.media_embeds)
+        embeds = np.concatenate(chunks).astype(self.media_dtype, copy=False) if chunks else self.no_media
+        return {io.MEDIA_EMBEDS: embeds, io.MEDIA_ROWS: rows}
 
     def _write_kv(self, batch: list[StepInput], new_kv: np.ndarray) -> None:
         rows, cols, blocks, offsets = [], [], [], []

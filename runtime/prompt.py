@@ -24,6 +24,10 @@ class PreparedPrompt:
     # Content hashes of the images/audio in the prompt: they salt the prefix-cache block hashes,
     # since every image's placeholder tokens are the same ids.
     media_hashes: tuple[str, ...] = field(default=())
+    # Encoder outputs [K, H] float32, in prompt order, replacing the embeddings of the placeholder
+    # tokens at `media_positions` [K] (indices into token_ids). None for text prompts.
+    media_embeds: np.ndarray | None = None
+    media_positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -31,7 +35,12 @@ class PreparedPrompt:
     def prefill_input(self, request_id: str, past_len: int = 0) -> StepInput:
         """The prompt's tokens from `past_len` on (the first `past_len` are already cached)."""
         positions = None if self.positions is None else self.positions[:, past_len:]
-        return StepInput(request_id, self.token_ids[past_len:], past_len, positions)
+        embeds = index = None
+        if self.media_positions is not None:
+            keep = self.media_positions >= past_len
+            if keep.any():
+                embeds, index = self.media_embeds[keep], self.media_positions[keep] - past_len
+        return StepInput(request_id, self.token_ids[past_len:], past_len, positions, embeds, index)
 
     def decode_input(self, request_id: str, token_id: int, past_len: int) -> StepInput:
         """One generated token at position `past_len` of the sequence."""

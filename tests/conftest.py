@@ -25,9 +25,9 @@ def _model(tmp_path_factory, preset: str) -> Path:
     return out
 
 
-def _engines(tmp_path_factory, model: Path) -> Path:
+def _engines(tmp_path_factory, model: Path, precisions=("fp32", "fp16"), suffix: str = "") -> Path:
     base = tmp_path_factory.getbasetemp()
-    out = base / "engines" / model.name
+    out = base / "engines" / f"{model.name}{suffix}"
     if not (out / "manifest.json").exists():
         run_cli(
             "build",
@@ -37,10 +37,7 @@ def _engines(tmp_path_factory, model: Path) -> Path:
             out,
             "--work-dir",
             base / "build" / model.name,
-            "--precision",
-            "fp32",
-            "--precision",
-            "fp16",
+            *(arg for precision in precisions for arg in ("--precision", precision)),
             "--backend",
             "onnxruntime",
         )
@@ -60,6 +57,13 @@ def smollm2_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def glm4v_tiny_engines(tmp_path_factory, glm4v_tiny_model) -> Path:
     return _engines(tmp_path_factory, glm4v_tiny_model)
+
+
+@pytest.fixture(scope="session")
+def glm4v_tiny_int8_engines(tmp_path_factory, glm4v_tiny_model, glm4v_tiny_engines) -> Path:
+    """fp32, fp16 and int8 engines in their own directory (same work dir: the export is reused), so
+    tests that expect the default precisions or `auto` = fp16 are unaffected."""
+    return _engines(tmp_path_factory, glm4v_tiny_model, ("fp32", "fp16", "int8"), suffix="-int8")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.config import ExportConfig
+from builder.config import CalibrationConfig, ExportConfig
 from builder.export.validation import ValidationReport
 from builder.model_dir import ModelDir
 
@@ -25,6 +25,13 @@ class Component:
     export_format: int
     present: Callable[[ModelDir], bool]
     export: ExportFn
+    # Hash of inputs outside the model dir's top level (its source hash covers only those files).
+    inputs_hash: Callable[[ModelDir], str] | None = None
+    # The manifest's `encoders[name]` block: shapes, tokens per item, preprocessing (encoders only).
+    info: Callable[[ModelDir], dict] | None = None
+    # INT8 calibration data: (model dir, calibration config) → calibration.feeds.CalibrationSet,
+    # whose feeds fill the fp32 graph's declared inputs; None: this component has no int8 build.
+    calibration: Callable[[ModelDir, CalibrationConfig], object] | None = None
 
 
 def _export_text_decoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
@@ -32,16 +39,91 @@ def _export_text_decoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Pat
     from builder.export.text_decoder import export_text_decoder, validate_text_decoder
     from builder.progress import stage
 
-    decoder = PagedDecoder(model, model_dir.family).eval()
+    media = any(component.present(model_dir) for component in MEDIA_COMPONENTS)
+    decoder = PagedDecoder(model, model_dir.family, media=media).eval()
     with stage(f"export text_decoder → ONNX (batch 1–{cfg.max_batch}, ≤{cfg.max_seq_len} tokens)"):
         export_text_decoder(decoder, cfg, out)
     with stage("validate text_decoder: ONNX Runtime vs PyTorch (batch 1 and 8)"):
         return validate_text_decoder(decoder, model, out, cfg)
 
 
-TEXT_DECODER = Component("text_decoder", export_format=2, present=lambda _: True, export=_export_text_decoder)
+def _export_vision_encoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
+    from builder.export.vision_encoder import export_component
 
-COMPONENTS: tuple[Component, ...] = (TEXT_DECODER,)
+    return export_component(model, model_dir, cfg, out)
+
+
+def _vision_info(model_dir: ModelDir) -> dict:
+    from builder.export.vision_encoder import manifest_info
+
+    return manifest_info(model_dir)
+
+
+def _export_audio_encoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
+    from builder.export.audio_encoder import export_component
+
+    return export_component(model_dir, cfg, out)  # its weights live in audio_encoder/, not in `model`
+
+
+def _audio_info(model_dir: ModelDir) -> dict:
+    from builder.export.audio_encoder import manifest_info
+
+    return manifest_info(model_dir)
+
+
+def _vision_calibration(model_dir: ModelDir, cfg: CalibrationConfig):
+    from builder.export.vision_encoder import calibration
+
+    return calibration(model_dir, cfg)
+
+
+def _audio_calibration(model_dir: ModelDir, cfg: CalibrationConfig):
+    from builder.export.audio_encoder import calibration
+
+    return calibration(model_dir, cfg)
+
+
+def _audio_hash(model_dir: ModelDir) -> str:
+    from builder.export.audio_encoder import audio_inputs_hash
+
+    return audio_inputs_hash(model_dir.path)
+
+
+def _text_decoder_calibration(model_dir: ModelDir, cfg: CalibrationConfig):
+    from calibration.text_decoder import text_decoder_calibration
+
+    return text_decoder_calibration(model_dir, cfg)
+
+
+# export_format 3: the decoder of a model with encoders takes media_embeds/media_rows;
+# 4: media rows selected with Where (TensorRT has no int64 Clip).
+TEXT_DECODER = Component(
+    "text_decoder",
+    export_format=4,
+    present=lambda _: True,
+    export=_export_text_decoder,
+    calibration=_text_decoder_calibration,
+)
+VISION_ENCODER = Component(
+    "vision_encoder",
+    export_format=1,
+    present=lambda model_dir: model_dir.family.name == "glm4v",
+    export=_export_vision_encoder,
+    info=_vision_info,
+    calibration=_vision_calibration,
+)
+AUDIO_ENCODER = Component(
+    "audio_encoder",
+    export_format=1,
+    present=lambda model_dir: (model_dir.path / "audio_encoder" / "config.json").is_file(),
+    export=_export_audio_encoder,
+    inputs_hash=_audio_hash,
+    info=_audio_info,
+    calibration=_audio_calibration,
+)
+MEDIA_COMPONENTS: tuple[Component, ...] = (VISION_ENCODER, AUDIO_ENCODER)
+
+COMPONENTS: tuple[Component, ...] = (TEXT_DECODER, *MEDIA_COMPONENTS)
 
 
 def components_for(model_dir: ModelDir) -> list[Component]:

@@ -24,6 +24,14 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed for sampling (reproducible output).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per prompt.")] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for the engine; 0 = all.")] = 0,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(help="Image file (PNG, JPEG, …) placed before the prompt; repeatable."),
+    ] = None,
+    audio: Annotated[
+        list[Path] | None,
+        typer.Option(help="Audio file (16 kHz PCM WAV) placed before the prompt; repeatable."),
+    ] = None,
 ) -> None:
     """Generate text from built engines."""
     from runtime.generate import TextGenerator
@@ -38,9 +46,25 @@ def generate(
     generator = TextGenerator(engines, precision=precision, threads=threads)
     if chat and not generator.tokenizer.has_chat_template:
         raise RuntimeUserError(f"the tokenizer in {engines} has no chat template; drop --chat")
-    completions = generator.generate(prompt, params, chat=chat, system=system)
+    if image or audio:  # media always go through the chat template, which places them
+        images, audios = _read_media(image or [], "image"), _read_media(audio or [], "audio")
+        completions = generator.generate_media(prompt, images, audios, params, system=system)
+    else:
+        completions = generator.generate(prompt, params, chat=chat, system=system)
     for completion in completions:
         if as_json:
             print(json.dumps({**completion.__dict__, "precision": generator.precision}, ensure_ascii=False))
         else:
             print(completion.text)
+
+
+def _read_media(paths: list[Path], kind: str) -> list[bytes]:
+    from runtime.errors import MediaInputError
+
+    data = []
+    for path in paths:
+        try:
+            data.append(path.read_bytes())
+        except OSError as error:
+            raise MediaInputError(f"cannot read {kind} file {path}: {error.strerror or error}") from None
+    return data

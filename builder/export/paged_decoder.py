@@ -7,6 +7,8 @@ Inputs (B ≤ 8 sequences, S new tokens each, right-padded):
     block_tables   int64 [B, M]  pool block ids holding those tokens (padded with block 0)
     logit_index    int64 [B, T]  which of the S positions to return logits for
     key_cache.{l}, value_cache.{l}   [NB, bs, KVH, D] per layer: the pool, read-only here
+    media_embeds   float [M, H], media_rows int64 [B, S]  (only with `media=True`, i.e. models
+                   with encoders): rows spliced over the token embeddings where media_rows ≥ 0
 Outputs:
     logits         float32 [B, T, V]
     new_kv         [L, 2, B, S, KVH, D]  this call's K/V; the runtime writes it into the pool
@@ -66,9 +68,10 @@ def paged_attention(
 class PagedDecoder(nn.Module):
     """Wraps a Hugging Face causal LM's own modules; see the module docstring for the I/O."""
 
-    def __init__(self, model: nn.Module, family: DecoderFamily) -> None:
+    def __init__(self, model: nn.Module, family: DecoderFamily, media: bool = False) -> None:
         super().__init__()
         self.family = family
+        self.media = media
         self.shape = family.shape(model.config)
         text = family.text_model(model)
         self.embed_tokens = text.embed_tokens
@@ -86,8 +89,16 @@ class PagedDecoder(nn.Module):
         block_tables: torch.Tensor,
         logit_index: torch.Tensor,
         kv_cache: list[torch.Tensor],
+        media_embeds: torch.Tensor | None = None,
+        media_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.embed_tokens(input_ids)  # [B, S, E]
+        if media_rows is not None:
+            # A Gather and a Where: cheap, and portable to TensorRT (no scatter).
+            # Where, not clamp: TensorRT's Clip takes floats only, and media_rows is int64.
+            rows = torch.where(media_rows >= 0, media_rows, 0).flatten()
+            picked = media_embeds.index_select(0, rows).view_as(hidden)
+            hidden = torch.where((media_rows >= 0)[..., None], picked.to(hidden.dtype), hidden)
         rope = self.rotary_emb(hidden, position_ids)  # cos, sin: [B, S, rotary_dim]
         batch, seq, _ = hidden.shape
         new_kv: list[torch.Tensor] = []

@@ -51,6 +51,12 @@ def decoder_feeds(
     # Unused slots hold noise: if masking leaked, outputs would change.
     for name in io.kv_input_names(shape.num_layers):
         feeds[name] = rng.standard_normal(kv_shape).astype(np.float32)
+    if decoder.media:  # about half the new tokens take a media row, at the embeddings' scale
+        scale = float(decoder.embed_tokens.weight.std())
+        media = rng.standard_normal((batch * seq, shape.hidden_size)) * scale
+        feeds[io.MEDIA_EMBEDS] = media.astype(np.float32)
+        rows = rng.permutation(batch * seq).reshape(batch, seq)
+        feeds[io.MEDIA_ROWS] = np.where(rng.random((batch, seq)) < 0.5, rows, -1).astype(np.int64)
     if past and prefill_past:
         _fill_past(decoder, feeds, past, block_size, seed)
     return feeds
@@ -74,8 +80,10 @@ def _fill_past(
 
 
 def _torch_args(feeds: dict[str, np.ndarray], num_layers: int) -> tuple:
-    tensors = [torch.from_numpy(feeds[name]) for name in io.input_names(num_layers)]
-    return (*tensors[: len(io.TOKEN_INPUTS)], tensors[len(io.TOKEN_INPUTS) :])
+    tokens = [torch.from_numpy(feeds[name]) for name in io.TOKEN_INPUTS]
+    kv = [torch.from_numpy(feeds[name]) for name in io.kv_input_names(num_layers)]
+    media = [torch.from_numpy(feeds[name]) for name in io.MEDIA_INPUTS if name in feeds]
+    return (*tokens, kv, *media)
 
 
 def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
@@ -85,7 +93,7 @@ def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
     positions = Dim("logit_positions", min=1, max=cfg.max_seq_len)
     pool = Dim("pool_blocks", min=1)
     rank3 = decoder.family.position_rank == 3
-    return {
+    shapes = {
         "input_ids": {0: batch, 1: seq},
         "position_ids": {1: batch, 2: seq} if rank3 else {0: batch, 1: seq},
         "past_lens": {0: batch},
@@ -93,6 +101,10 @@ def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
         "logit_index": {0: batch, 1: positions},
         "kv_cache": [{0: pool} for _ in range(2 * decoder.shape.num_layers)],
     }
+    if decoder.media:
+        shapes["media_embeds"] = {0: Dim("media_tokens", min=1, max=cfg.max_batch * cfg.max_seq_len)}
+        shapes["media_rows"] = {0: batch, 1: seq}
+    return shapes
 
 
 def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> None:
@@ -108,6 +120,9 @@ def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> 
         prefill_past=False,
     )
     example[io.LOGIT_INDEX] = example[io.LOGIT_INDEX][:, :3].copy()
+    if decoder.media:  # a row count unlike any other axis, so none is tied to it
+        example[io.MEDIA_EMBEDS] = example[io.MEDIA_EMBEDS][:7].copy()
+        example[io.MEDIA_ROWS] = np.where(example[io.MEDIA_ROWS] >= 0, example[io.MEDIA_ROWS] % 7, -1)
     large = sum(p.numel() * p.element_size() for p in decoder.parameters()) > 1.8e9
     # The exporter chats on stdout; keep stdout for results.
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
@@ -116,7 +131,7 @@ def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> 
                 decoder,
                 _torch_args(example, decoder.shape.num_layers),
                 str(out),
-                input_names=io.input_names(decoder.shape.num_layers),
+                input_names=io.input_names(decoder.shape.num_layers, media=decoder.media),
                 output_names=list(io.OUTPUTS),
                 dynamic_shapes=_dynamic_shapes(decoder, cfg),
                 opset_version=cfg.opset,
@@ -149,8 +164,22 @@ def validate_text_decoder(
             ]
             if phase == "prefill":
                 with torch.no_grad():
-                    hf_logits = model(input_ids=torch.from_numpy(feeds[io.INPUT_IDS])).logits.numpy()
+                    hf_logits = _hf_prefill_logits(decoder, model, feeds)
                 checks.append(compare(f"{case} vs HF", io.LOGITS, hf_logits, reference[0], ATOL, RTOL))
     return ValidationReport(
         graph=graph.name, reference="PyTorch eager (paged wrapper; HF forward)", checks=tuple(checks)
     )
+
+
+def _hf_prefill_logits(
+    decoder: PagedDecoder, model: torch.nn.Module, feeds: dict[str, np.ndarray]
+) -> np.ndarray:
+    """The Hugging Face model's own forward over the same prompt (media rows as `inputs_embeds`)."""
+    ids = torch.from_numpy(feeds[io.INPUT_IDS])
+    if not decoder.media:
+        return model(input_ids=ids).logits.numpy()
+    embeds = decoder.embed_tokens(ids)
+    rows = torch.from_numpy(feeds[io.MEDIA_ROWS])
+    media = torch.from_numpy(feeds[io.MEDIA_EMBEDS])[rows.clamp(min=0)]
+    embeds = torch.where((rows >= 0)[..., None], media, embeds)
+    return model(inputs_embeds=embeds).logits.numpy()

@@ -55,8 +55,10 @@ def test_onnx_matches_pytorch_on_fresh_inputs(built, batch, seq, past):
     """Independent of the build's own check: other shapes, other random K/V."""
     model_dir, engines = built
     model = open_model_dir(model_dir).load()
-    decoder = PagedDecoder(model, open_model_dir(model_dir).family).eval()
-    block_size = Manifest.load(engines).decoder["block_size"]
+    manifest = Manifest.load(engines)
+    media = bool(manifest.encoders)  # decoders of models with encoders take media rows
+    decoder = PagedDecoder(model, open_model_dir(model_dir).family, media=media).eval()
+    block_size = manifest.decoder["block_size"]
     feeds = decoder_feeds(decoder, batch, seq, past, block_size, seed=777)
     session = ort.InferenceSession(str(work_dir(engines) / "text_decoder.fp32.onnx"))
     logits, new_kv = session.run(list(io.OUTPUTS), feeds)

@@ -1,0 +1,156 @@
+"""Encoder latency and modality memory, measured on built engines (a script, not a test).
+
+    python scripts/bench_encoders.py latency --engines engines/glm4v-tiny [--repeats 20] [--threads 0]
+    python scripts/bench_encoders.py memory  --engines engines/glm4v-tiny
+
+`latency`: median wall time of each encoder engine at batch 1 and 8 for every built precision, all
+in one process, reported as ratios (per-item batch-8 speed-up, each precision vs fp32).
+`memory`: resident set size of a fresh process that loads the text engines and generates (text
+only), vs one that also runs both encoders (everything loaded), and after `unload_idle(0)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from builder.manifest import Manifest  # noqa: E402
+from runtime.engine_loader import load_engine  # noqa: E402
+
+ENCODERS = ("vision_encoder", "audio_encoder")
+
+
+def _inputs(manifest: Manifest, component: str, batch: int) -> np.ndarray:
+    shape = manifest.encoders[component]["input_shape"]
+    rng = np.random.default_rng(0)
+    if component == "audio_encoder":  # Whisper log-mels lie in about [-1.5, 1.5]
+        return rng.uniform(-1.5, 1.5, (batch, *shape)).astype(np.float32)
+    return rng.standard_normal((batch, *shape)).astype(np.float32)
+
+
+def latency(engines: Path, repeats: int, threads: int) -> dict:
+    manifest = Manifest.load(engines)
+    results: dict = {}
+    for component in ENCODERS:
+        if component not in manifest.encoders:
+            continue
+        info = manifest.encoders[component]
+        for precision in manifest.precisions(component):
+            engine = load_engine(manifest, engines, component, precision, threads=threads)
+            for batch in (1, 8):
+                feeds = {info["input"]: _inputs(manifest, component, batch)}
+                engine.run(feeds, [info["output"]])  # warm-up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    engine.run(feeds, [info["output"]])
+                    times.append(time.perf_counter() - start)
+                results[f"{component} {precision} b{batch}"] = statistics.median(times) * 1000
+    return results
+
+
+def print_latency(results: dict) -> None:
+    print(
+        f"{'engine':<30} {'ms':>9} {'ms/item':>9} {'b8 per-item speed-up':>21} {'vs fp32 (same batch)':>21}"
+    )
+    for key, ms in results.items():
+        component, precision, batch = key.split()
+        size = int(batch[1:])
+        speedup = ""
+        if size == 8:
+            speedup = f"{results[f'{component} {precision} b1'] / (ms / 8):.2f}×"
+        versus = (
+            f"{results[f'{component} fp32 {batch}'] / ms:.2f}×"
+            if f"{component} fp32 {batch}" in results
+            else ""
+        )
+        print(f"{key:<30} {ms:9.2f} {ms / size:9.2f} {speedup:>21} {versus:>21}")
+
+
+def _rss_child(engines: Path, mode: str) -> None:
+    """Runs in a fresh process; prints RSS (MiB) after the requested work."""
+    import io
+    import wave
+
+    import psutil
+    from PIL import Image
+
+    from runtime.generate import TextGenerator
+    from runtime.sampling import SamplingParams
+
+    generator = TextGenerator(engines, precision="auto")
+    generator.generate(["Hello there"], SamplingParams(max_tokens=4))
+    rss = {"text_only": psutil.Process().memory_info().rss / 2**20}
+    if mode == "all":
+        image = io.BytesIO()
+        Image.new("RGB", (640, 360), (120, 30, 200)).save(image, "PNG")
+        audio = io.BytesIO()
+        with wave.open(audio, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(16000)
+            out.writeframes(np.zeros(16000 * 3, "<i2").tobytes())
+        images = [image.getvalue()] if "vision_encoder" in generator.manifest.encoders else []
+        audios = [audio.getvalue()] if "audio_encoder" in generator.manifest.encoders else []
+        generator.generate_media(["Describe it."], images, audios, SamplingParams(max_tokens=4))
+        rss["all_loaded"] = psutil.Process().memory_info().rss / 2**20
+        rss["loaded"] = list(generator.encoders.loaded)
+        generator.encoders.unload_idle(0)
+        rss["after_unload_idle"] = psutil.Process().memory_info().rss / 2**20
+    print(json.dumps(rss))
+
+
+def memory(engines: Path) -> dict:
+    out = {}
+    modes = ("text", "all") if Manifest.load(engines).encoders else ("text",)
+    for mode in modes:
+        result = subprocess.run(
+            [sys.executable, __file__, "_rss", "--engines", str(engines), "--mode", mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["latency", "memory", "_rss"])
+    parser.add_argument("--engines", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--mode", choices=["text", "all"], default="text")
+    args = parser.parse_args()
+    if args.what == "_rss":
+        _rss_child(args.engines, args.mode)
+    elif args.what == "latency":
+        print_latency(latency(args.engines, args.repeats, args.threads))
+    else:
+        result = memory(args.engines)
+        text = result["text"]["text_only"]
+        print(f"text engines only:           {text:8.1f} MiB RSS")
+        if "all" not in result:
+            print("(no encoders in these engines)")
+            return
+        full = result["all"]["all_loaded"]
+        print(
+            f"all loaded ({', '.join(result['all']['loaded'])}): {full:8.1f} MiB RSS  ({full / text:.2f}× text only)"
+        )
+        print(f"after unload_idle(0):        {result['all']['after_unload_idle']:8.1f} MiB RSS")
+
+
+if __name__ == "__main__":
+    main()
