@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CLI := $(BIN)/autoglm-trt
 MODEL ?= smollm2-135m
-PRECISIONS ?= fp32 fp16
+PRECISIONS ?= fp32 fp16 int8
 BACKEND ?= onnxruntime
 STAMP := $(VENV)/.setup-stamp
 
@@ -29,9 +29,10 @@ build-engine: $(STAMP) models/$(MODEL)
 	$(CLI) build --model models/$(MODEL) $(addprefix --precision ,$(PRECISIONS)) \
 		--backend $(BACKEND) --out engines/$(MODEL)
 
+# tritonserver + the OpenAI gateway on 127.0.0.1:8000 until Ctrl-C; precision auto = int8 > fp16 > fp32.
+# Extra options: make serve SERVE_ARGS="--port 9000 --api-key KEY".
 serve: build-engine
-	$(CLI) generate --engines engines/$(MODEL) --chat --max-tokens 48 \
-		--prompt "Explain in two sentences what a phone assistant model does."
+	$(CLI) serve --engines engines/$(MODEL) $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

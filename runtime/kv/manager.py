@@ -74,10 +74,13 @@ class KVCacheManager:
     def has_request(self, request_id: str) -> bool:
         return request_id in self._blocks
 
-    def get_computed_blocks(self, request_id: str, token_ids: Sequence[int]) -> int:
+    def get_computed_blocks(self, request_id: str, token_ids: Sequence[int], extra_keys: tuple = ()) -> int:
         """Attach the longest cached prefix of full blocks to a new request; return its length in
         tokens (a multiple of ``block_size``, and always < ``len(token_ids)`` so the model still
         runs on at least the last prompt token and produces logits).
+
+        ``extra_keys`` (e.g. the prompt's media content hashes) salt every block hash of the
+        request; pass the same value to :meth:`cache_blocks`.
         """
         if self._blocks.get(request_id):
             raise ValueError(
@@ -90,7 +93,7 @@ class KVCacheManager:
             bs = self.block_size
             parent: int | None = None
             for i in range(max(len(token_ids) - 1, 0) // bs):  # full blocks strictly before the last token
-                parent = hash_block_tokens(parent, tuple(token_ids[i * bs : (i + 1) * bs]))
+                parent = hash_block_tokens(parent, tuple(token_ids[i * bs : (i + 1) * bs]), extra_keys)
                 block = self.pool.get_cached_block(parent)
                 if block is None:
                     break
@@ -126,7 +129,7 @@ class KVCacheManager:
         blocks.extend(new)
         return [b.block_id for b in new]
 
-    def cache_blocks(self, request_id: str, token_ids: Sequence[int]) -> None:
+    def cache_blocks(self, request_id: str, token_ids: Sequence[int], extra_keys: tuple = ()) -> None:
         """Publish the request's blocks that ``token_ids`` (all tokens whose K/V is now written,
         from position 0) fill completely, so later requests can share them. Cheap to call every
         step: blocks published before are skipped.
@@ -140,7 +143,8 @@ class KVCacheManager:
         for i in range(self._num_cached[request_id], num_full):
             if i == len(hashes):
                 parent = hashes[i - 1] if i > 0 else None
-                hashes.append(hash_block_tokens(parent, tuple(token_ids[i * bs : (i + 1) * bs])))
+                block_tokens = tuple(token_ids[i * bs : (i + 1) * bs])
+                hashes.append(hash_block_tokens(parent, block_tokens, extra_keys))
             self.pool.cache_full_block(blocks[i], hashes[i])
         self._num_cached[request_id] = max(self._num_cached[request_id], num_full)
 

@@ -1,0 +1,56 @@
+"""`autoglm-trt serve`: Triton Inference Server plus the OpenAI-compatible gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_ENGINES = Path("engines/smollm2-135m")
+
+
+def serve(
+    engines: Annotated[Path, typer.Option(help="Engines directory (engines/NAME).")] = DEFAULT_ENGINES,
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 or auto (int8 > fp16 > fp32).")] = "auto",
+    host: Annotated[
+        str, typer.Option(help="Address the HTTP gateway binds; 0.0.0.0 exposes it.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="HTTP port of the gateway; 0 = any free.")
+    ] = 8000,
+    grpc_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Triton's gRPC port (loopback); busy or 0 = any free.")
+    ] = 8001,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="AUTOGLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    ] = None,
+    allow_local_media: Annotated[
+        bool, typer.Option(help="Let image_url / input_audio name files on this machine.")
+    ] = False,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads per engine; 0 = all.")] = 0,
+    kv_blocks: Annotated[int, typer.Option(min=0, help="KV pool blocks; 0 = 8 full-length sequences.")] = 0,
+    repository: Annotated[
+        Path | None, typer.Option(help="Triton model repository; default: this project's triton_repo/.")
+    ] = None,
+) -> None:
+    """Serve built engines: tritonserver (gRPC) and the OpenAI API (HTTP) until Ctrl-C or SIGTERM."""
+    from runtime.server.launcher import PROJECT_ROOT, ServeConfig
+    from runtime.server.launcher import serve as run
+
+    run(
+        ServeConfig(
+            engines_dir=engines,
+            precision=precision,
+            host=host,
+            port=port,
+            grpc_port=grpc_port,
+            api_key=api_key,
+            allow_local_media=allow_local_media,
+            threads=threads,
+            kv_blocks=kv_blocks,
+            repo_dir=repository or PROJECT_ROOT / "triton_repo",
+        ),
+        say=lambda line: print(line, flush=True),
+    )

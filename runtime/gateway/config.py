@@ -1,0 +1,18 @@
+"""Gateway settings, built once at the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    triton_url: str  # host:port of Triton's gRPC endpoint
+    model_id: str  # the name clients pass as `model` (the engines' model name)
+    llm_model: str = "llm"  # the Triton model that generates
+    encoder_models: tuple[str, ...] = ()  # encoder models loaded beside it (for /health)
+    api_key: str | None = None  # bearer token required on /v1/* when set
+    allow_local_media: bool = False  # image_url / input_audio may name a local file
+    max_body_bytes: int = 32 * 1024 * 1024  # larger requests get 413
+    default_chat_max_tokens: int | None = None  # None: up to the engines' limit
+    default_completion_max_tokens: int = 16  # OpenAI's default for /v1/completions

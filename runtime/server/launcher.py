@@ -1,0 +1,155 @@
+"""`autoglm-trt serve`: tritonserver + the gateway in this process, ready line, clean shutdown.
+
+Order: start Triton (own process group), load `llm` and the encoders the manifest has, start the
+gateway (uvicorn) here, print where it listens and the start-up figures, serve. SIGINT/SIGTERM
+stop the gateway, then Triton and its Python stubs; if Triton dies, the gateway stops too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.manifest import Manifest
+from runtime.errors import RuntimeUserError
+from runtime.generate import choose_precision
+from runtime.server.triton_process import TritonServer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ENCODERS = ("vision_encoder", "audio_encoder")
+
+
+class ShutdownRequested(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    engines_dir: Path
+    precision: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port
+    grpc_port: int = 8001  # 0 or busy: any free port
+    api_key: str | None = None
+    allow_local_media: bool = False
+    repo_dir: Path = field(default=PROJECT_ROOT / "triton_repo")
+    threads: int = 0
+    kv_blocks: int = 0  # 0: room for 8 sequences of the engines' max_seq_len
+
+
+def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
+    """`preferred` when it can be bound, else one the OS picks."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeUserError(f"no free port on {host}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def plan_models(manifest: Manifest, config: ServeConfig, precision: str) -> dict[str, dict[str, str]]:
+    """Triton model -> its load-time parameters; encoders only when the manifest has them."""
+    common = {"engines_dir": str(config.engines_dir.resolve()), "threads": str(config.threads)}
+    models = {"llm": {**common, "precision": precision, "kv_blocks": str(config.kv_blocks)}}
+    for component in ENCODERS:
+        built = manifest.precisions(component)
+        if built:
+            models[component] = {**common, "precision": precision if precision in built else "auto"}
+    return models
+
+
+def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
+    import psutil
+    import uvicorn
+
+    from runtime.gateway.app import create_app
+    from runtime.gateway.config import GatewayConfig
+
+    manifest = Manifest.load(config.engines_dir)
+    precision = choose_precision(manifest, config.precision)
+    if not (config.repo_dir / "llm" / "config.pbtxt").is_file():
+        raise RuntimeUserError(f"{config.repo_dir} is not the Triton model repository (no llm/config.pbtxt)")
+    if config.port and free_port(config.host, config.port) != config.port:
+        raise RuntimeUserError(
+            f"port {config.port} on {config.host} is in use; pick another with --port (0 = any)"
+        )
+    port = config.port or free_port(config.host)
+    log_path = Path(tempfile.mkdtemp(prefix="autoglm-trt-serve-")) / "tritonserver.log"
+    triton = TritonServer(config.repo_dir, free_port("127.0.0.1", config.grpc_port), log_path)
+    previous = {sig: signal.signal(sig, _raise_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        started = triton.start()
+        models = plan_models(manifest, config, precision)
+        for name, parameters in models.items():
+            triton.load(name, parameters)
+        gateway = GatewayConfig(
+            triton_url=triton.url,
+            model_id=manifest.model.get("name", config.engines_dir.name),
+            encoder_models=tuple(m for m in models if m != "llm"),
+            api_key=config.api_key,
+            allow_local_media=config.allow_local_media,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(gateway), host=config.host, port=port, log_level="warning")
+        )
+
+        def ready() -> None:
+            loads = ", ".join(f"{m} {s:.1f} s" for m, s in triton.load_seconds.items())
+            say(f"autoglm-trt serve: {gateway.model_id} ({precision}) from {config.engines_dir}")
+            say(f"  tritonserver  grpc://{triton.url}  live in {started:.1f} s; models loaded: {loads}")
+            say(
+                f"  memory        tritonserver + stubs {_mib(triton.memory_bytes())}, "
+                f"gateway {_mib(psutil.Process().memory_info().rss)}"
+            )
+            say(f"  triton log    {log_path}")
+            say(f"  OpenAI API    http://{config.host}:{port}/v1  (also /health, /metrics)")
+            say("ready; Ctrl-C to stop")
+
+        threading.Thread(target=_watch, args=(triton, server, say), daemon=True).start()
+        asyncio.run(_run_gateway(server, ready))
+        if not triton.alive():
+            raise RuntimeUserError(f"tritonserver stopped unexpectedly:\n{triton.log_tail()}")
+    except ShutdownRequested:
+        pass
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        triton.stop()
+        say("stopped")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_shutdown(signum, frame) -> None:
+    raise ShutdownRequested(signal.Signals(signum).name)
+
+
+async def _run_gateway(server, ready: Callable[[], None]) -> None:
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        ready()
+    await task
+
+
+def _watch(triton: TritonServer, server, say: Callable[[str], None]) -> None:
+    while not server.should_exit:
+        if not triton.alive():
+            say("tritonserver exited; stopping the gateway")
+            server.should_exit = True
+            return
+        time.sleep(0.5)

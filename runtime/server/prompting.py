@@ -1,0 +1,111 @@
+"""Build a PreparedPrompt from a wire request: chat template or raw prompt, media through encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.manifest import Manifest
+from runtime.errors import RuntimeUserError
+from runtime.prompt import PreparedPrompt
+from runtime.server.wire import GenerateRequest
+from runtime.tokenizer import TextTokenizer
+
+MEDIA_COMPONENTS = {"image": "vision_encoder", "audio": "audio_encoder"}
+
+
+class NoEncoderError(RuntimeUserError):
+    """The request carries an image or audio but the engines have no encoder for it."""
+
+
+def count_media(messages: list[dict]) -> dict[str, int]:
+    counts = {"image": 0, "audio": 0}
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in counts:
+                    counts[kind] += 1
+    return counts
+
+
+def text_only(messages: list[dict]) -> list[dict]:
+    """Messages with list contents flattened to strings (what plain-text chat templates expect)."""
+    flat = []
+    for message in messages:
+        content = message.get("content", "")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if not isinstance(content, str):
+            raise RuntimeUserError(f"message content must be a string or a list of parts, got {content!r}")
+        flat.append({**message, "content": content})
+    return flat
+
+
+class PromptFactory:
+    def __init__(self, engines_dir: Path, manifest: Manifest, tokenizer: TextTokenizer) -> None:
+        self.engines_dir = engines_dir
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self._multimodal = None  # built on the first media request
+
+    def has_component(self, component: str) -> bool:
+        return bool(self.manifest.precisions(component))
+
+    def prepare(
+        self, request: GenerateRequest, images: list[bytes], audios: list[bytes], encoders=None
+    ) -> PreparedPrompt:
+        if request.prompt is not None:
+            if images or audios:
+                raise RuntimeUserError("images and audio need chat messages, not a plain prompt")
+            return PreparedPrompt(self.tokenizer.hf.encode(request.prompt))
+        messages = request.messages or []
+        counts = count_media(messages)
+        if counts["image"] != len(images) or counts["audio"] != len(audios):
+            raise RuntimeUserError(
+                f"the messages reference {counts['image']} image(s) and {counts['audio']} audio clip(s) "
+                f"but {len(images)} and {len(audios)} were attached"
+            )
+        if not self.tokenizer.has_chat_template:
+            raise RuntimeUserError(
+                f"the tokenizer in {self.engines_dir} has no chat template; use /v1/completions instead"
+            )
+        template_kwargs = dict(request.template_kwargs)
+        if request.continue_final_message:
+            if messages[-1].get("role") != "assistant":
+                raise RuntimeUserError("continue_final_message needs the last message to be the assistant's")
+            template_kwargs.update(continue_final_message=True, add_generation_prompt=False)
+        if images or audios:
+            if request.continue_final_message:
+                raise RuntimeUserError("continue_final_message is not supported with images or audio")
+            return self._prepare_media(messages, images, audios, encoders, template_kwargs)
+        try:
+            template_kwargs.setdefault("add_generation_prompt", True)
+            rendered = self.tokenizer.hf.apply_chat_template(
+                text_only(messages), tokenize=False, **template_kwargs
+            )
+        except Exception as error:  # jinja raises for conversations the template rejects
+            raise RuntimeUserError(f"the chat template rejected these messages: {error}") from None
+        return PreparedPrompt(self.tokenizer.hf.encode(rendered, add_special_tokens=False))
+
+    def _prepare_media(self, messages, images, audios, encoders, template_kwargs) -> PreparedPrompt:
+        name = self.manifest.model.get("name", str(self.engines_dir))
+        for kind, items in (("image", images), ("audio", audios)):
+            component = MEDIA_COMPONENTS[kind]
+            if items and not self.has_component(component):
+                raise NoEncoderError(
+                    f"this model ({name}) has no {component.replace('_', ' ')}, so it cannot take {kind} "
+                    f"input; send text only, or serve engines built with a {component} "
+                    f"(e.g. glm4v-tiny or a GLM-4.1V model)"
+                )
+        try:
+            from runtime.multimodal import MultimodalPromptBuilder
+        except ImportError:
+            raise NoEncoderError(
+                "this build has no multimodal prompt assembly (runtime.multimodal); send text only"
+            ) from None
+        if encoders is None:
+            raise NoEncoderError("no media encoders are available to this server; send text only")
+        if self._multimodal is None:
+            self._multimodal = MultimodalPromptBuilder(self.engines_dir, self.manifest, self.tokenizer)
+        return self._multimodal.prepare(messages, images, audios, encoders, **template_kwargs)
