@@ -21,8 +21,8 @@ def runtime_versions(backend: str) -> dict[str, str]:
     if backend == "onnxruntime":
         version = _version("onnxruntime") or _version("onnxruntime-gpu") or "absent"
         return {"onnxruntime": ".".join(version.split(".")[:2])}
-    if backend == "tensorrt":
-        return {"tensorrt": _version("tensorrt") or "absent"}
+    if backend == "tensorrt":  # a plan runs only on its exact TensorRT and GPU architecture
+        return {"tensorrt": _version("tensorrt") or "absent", "gpu_sm": gpu_compute_capability()}
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -30,3 +30,13 @@ def build_tool_versions() -> dict[str, str]:
     """Everything that shaped an export, recorded for the record (not enforced)."""
     names = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy")
     return {name: _version(name) or "absent" for name in names}
+
+
+def gpu_compute_capability() -> str:
+    """Compute capability of GPU 0 ("8.9" for an L4), or "absent" (no GPU or no cuda-python)."""
+    from runtime import cuda
+
+    try:
+        return cuda.compute_capability(0) if cuda.device_count() else "absent"
+    except cuda.CudaError:
+        return "absent"

@@ -6,6 +6,7 @@ Each writes to a temporary name and renames, so an interrupted build leaves noth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,12 +18,19 @@ import onnx
 
 from builder.build.components import Component, components_for
 from builder.build.onnxruntime_engine import ort_engine_from_onnx
-from builder.build.tensorrt_engine import require_tensorrt, tensorrt_available, trt_engine_from_onnx
+from builder.build.tensorrt_engine import (
+    require_tensorrt,
+    tensorrt_available,
+    trt_engine_from_onnx,
+    trt_step_options,
+)
 from builder.config import Backend, BuildConfig, ExportConfig, Precision
 from builder.errors import ExportError
 from builder.manifest import EngineEntry, Manifest, TensorSpec, sha256_file, write_json_atomic
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
+from builder.trt_check import check_graph
+from builder.trt_check.report import print_reports, raise_on_failure
 from runtime.compat import build_tool_versions, runtime_versions
 from runtime.errors import EngineDirError
 
@@ -59,6 +67,8 @@ def fp32_onnx_from_model(
     """Export and validate one component at fp32, unless an export of the same inputs exists."""
     name = component.name
     graph, record = work / f"{name}.fp32.onnx", work / f"{name}.fp32.export.json"
+    if component.inputs_hash is not None:
+        source_hash = f"{source_hash}+{component.inputs_hash(model_dir)}"
     wanted = {"format": component.export_format, "source_hash": source_hash, "config": cfg.as_dict()}
     previous = _read_json(record)
     if graph.is_file() and previous and {k: previous.get(k) for k in wanted} == wanted:
@@ -122,6 +132,8 @@ def engine_from_onnx(
     backend: Backend,
     out: Path,
     manifest: Manifest,
+    step_options: dict | None = None,
+    calibration: dict | None = None,
 ) -> None:
     step, suffix = ENGINE_STEPS[backend]
     name = f"{component.name}.{precision.value}.{suffix}"
@@ -134,11 +146,13 @@ def engine_from_onnx(
         and current.tools == runtime_versions(backend.value)
     ):
         note(f"{component.name} {precision.value} engine up to date: {out / current.file}")
+        if current.calibration != calibration:  # same graph from recalibrated data
+            manifest.put(dataclasses.replace(current, calibration=calibration))
         return
     with stage(f"build {component.name} {precision.value} engine ({backend.value})"):
         start = time.perf_counter()
         tmp = out / f".{name}.tmp"
-        report = step(graph, tmp)
+        report = step(graph, tmp, **(step_options or {}))
         os.replace(tmp, out / name)
         model = onnx.load(str(graph), load_external_data=False)
         manifest.put(
@@ -153,6 +167,7 @@ def engine_from_onnx(
                 outputs=_tensor_specs(model.graph.output),
                 build_seconds=round(time.perf_counter() - start, 2),
                 tools=runtime_versions(backend.value),
+                calibration=calibration,
                 report=report,
             )
         )
@@ -160,6 +175,31 @@ def engine_from_onnx(
             note(f"graph optimizer: {report['nodes_before']} → {report['nodes_after']} nodes")
             for op, (before, after) in report["changed_op_counts"].items():
                 note(f"  {op:<40} {before:>5} → {after}")
+
+
+def int8_onnx(component: Component, model_dir, fp32: Path, fp32_hash: str, cfg: BuildConfig, work: Path,
+              out: Path | None, data) -> tuple[Path, dict]:  # fmt: skip
+    """The int8 Q/DQ graph and its calibration summary; the TensorRT cache is copied beside the engines."""
+    from calibration.int8_step import int8_onnx_from_fp32
+
+    int8 = int8_onnx_from_fp32(component, model_dir, fp32, fp32_hash, cfg.calibration, work, data)
+    if out is not None:
+        tmp = out / f".{int8.cache.name}.tmp"
+        shutil.copyfile(int8.cache, tmp)
+        os.replace(tmp, out / int8.cache.name)
+    return int8.graph, int8.summary
+
+
+def _calibration_sets(components: list[Component], model_dir: ModelDir, cfg: BuildConfig) -> dict:
+    """Each int8 component's calibration data, read (and checked) before minutes of export."""
+    if Precision.int8 not in cfg.precisions:
+        return {}
+    from calibration.int8_step import calibration_set
+
+    for component in components:
+        if component.calibration is None:
+            note(f"{component.name} has no int8 calibration yet: its int8 engine is skipped")
+    return {c.name: calibration_set(c, model_dir, cfg.calibration) for c in components if c.calibration}
 
 
 def _copy_tokenizer(model_dir: ModelDir, out: Path) -> None:
@@ -171,15 +211,18 @@ def _copy_tokenizer(model_dir: ModelDir, out: Path) -> None:
 
 def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manifest:
     backend = resolve_backend(cfg.backend)
-    if backend is Backend.tensorrt:
+    check_only = backend is Backend.tensorrt and cfg.tensorrt.check_only
+    if backend is Backend.tensorrt and not check_only:
         require_tensorrt()  # before minutes of export, not after
-    out.mkdir(parents=True, exist_ok=True)
+    if not check_only:
+        out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     with stage(f"hash {model_dir.path}"):
         source_hash = model_dir.source_hash()
     shape = model_dir.family.shape(model_dir.load_config())
     export_cfg = cfg.export
     components = components_for(model_dir)
+    calibration_sets = _calibration_sets(components, model_dir, cfg)
     fp32_graphs = {}
     model = None
 
@@ -216,19 +259,39 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         "max_seq_len": export_cfg.max_seq_len,
         "block_size": export_cfg.block_size,
     }
+    manifest.encoders = {c.name: c.info(model_dir) for c in components if c.info is not None}
     manifest.axes = {
         "batch": [1, export_cfg.max_batch],
         "seq": [1, export_cfg.max_seq_len],
         "blocks": [1, export_cfg.max_blocks_per_seq],
         "logit_positions": [1, export_cfg.max_seq_len],
     }
+    if manifest.encoders:  # the decoder's media_embeds rows (runtime/decoder_io.py)
+        manifest.axes["media_tokens"] = [1, export_cfg.max_batch * export_cfg.max_seq_len]
+    checks = []
     for component in components:
         fp32 = fp32_graphs[component.name]
         fp32_hash = sha256_file(fp32)  # hundreds of MB: hash once, use for every precision
         for precision in cfg.precisions:
-            graph = precision_onnx_from_fp32(component, fp32, fp32_hash, precision, work)
+            calibration = None
+            if precision is Precision.int8:
+                if component.name not in calibration_sets:
+                    continue
+                graph, calibration = int8_onnx(component, model_dir, fp32, fp32_hash, cfg, work,
+                                               None if check_only else out, calibration_sets[component.name])  # fmt: skip
+            else:
+                graph = precision_onnx_from_fp32(component, fp32, fp32_hash, precision, work)
+            if check_only:  # TensorRT consumes this pre-optimizer graph: check it instead of building
+                checks.append(check_graph(graph))
+                continue
             graph_hash = fp32_hash if graph == fp32 else sha256_file(graph)
-            engine_from_onnx(component, graph, graph_hash, precision, backend, out, manifest)
+            options = trt_step_options(component.name, precision.value, manifest, cfg.tensorrt, out)
+            engine_from_onnx(component, graph, graph_hash, precision, backend, out, manifest,
+                             options if backend is Backend.tensorrt else None, calibration)  # fmt: skip
+    if check_only:
+        print_reports(checks)
+        raise_on_failure(checks)
+        return Manifest(model=manifest.model, decoder=manifest.decoder, axes=manifest.axes)  # nothing built
     _copy_tokenizer(model_dir, out)
     manifest.save(out)
     return manifest

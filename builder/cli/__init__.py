@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from builder.cli import build_cmd, export_cmd, generate_cmd, model_cmd
+from builder.cli import bench_cmd, build_cmd, calibrate_cmd, export_cmd, generate_cmd, model_cmd, serve_cmd
 from builder.errors import BuildError
 from runtime.errors import RuntimeUserError
 
@@ -19,8 +19,11 @@ app = typer.Typer(
 )
 app.add_typer(model_cmd.app, name="model")
 app.command("export")(export_cmd.export)
+app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("build")(build_cmd.build)
 app.command("generate")(generate_cmd.generate)
+app.command("serve")(serve_cmd.serve)
+app.add_typer(bench_cmd.app, name="bench")
 
 
 def main() -> None:

@@ -1,0 +1,154 @@
+"""A thin layer over cuda-python's CUDA runtime bindings: streams, device and pinned host memory,
+copies, and CUDA graph capture. Imported only by the TensorRT engine (cuda-python is absent here).
+
+cuda-python rather than pycuda: it is NVIDIA's own binding, the one TensorRT's Python samples use,
+it maps the CUDA runtime API one to one (stream capture, cudaGraphInstantiate/Launch included),
+ships wheels (pycuda compiles against a local CUDA toolkit), and works on the primary context that
+TensorRT uses, with no context juggling. Every call returns (error, *values); `_ok` checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import RuntimeUserError
+
+
+class CudaError(RuntimeUserError):
+    """A CUDA runtime call failed (no device, out of memory, a failed capture…)."""
+
+
+def _runtime():
+    try:
+        from cuda.bindings import runtime  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart as runtime  # older cuda-python
+        except ImportError:
+            raise CudaError(
+                "cuda-python is not installed: pip install 'autoglm-trt[tensorrt]' on a machine with an NVIDIA GPU"
+            ) from None
+    return runtime
+
+
+def _ok(result, call: str):
+    rt = _runtime()
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if error != rt.cudaError_t.cudaSuccess:
+        _, name = rt.cudaGetErrorName(error)
+        raise CudaError(f"{call} failed: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else values
+
+
+def device_count() -> int:
+    try:
+        return int(_ok(_runtime().cudaGetDeviceCount(), "cudaGetDeviceCount"))
+    except CudaError:
+        return 0
+
+
+def compute_capability(device: int = 0) -> str:
+    """ "8.9" for an L4, "9.0" for an H100: what a TensorRT plan is tied to."""
+    rt = _runtime()
+    attr = rt.cudaDeviceAttr
+    major = _ok(
+        rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute"
+    )
+    minor = _ok(
+        rt.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute"
+    )
+    return f"{major}.{minor}"
+
+
+class Stream:
+    """A non-blocking stream (capture is not allowed on the legacy default stream)."""
+
+    def __init__(self) -> None:
+        rt = _runtime()
+        self.handle = _ok(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+
+    @property
+    def ptr(self) -> int:
+        return int(self.handle)
+
+    def synchronize(self) -> None:
+        _ok(_runtime().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        if self.handle is not None:
+            _runtime().cudaStreamDestroy(self.handle)
+            self.handle = None
+
+
+class DeviceBuffer:
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(_ok(_runtime().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes} bytes)"))
+
+    def close(self) -> None:
+        if self.ptr:
+            _runtime().cudaFree(self.ptr)
+            self.ptr = 0
+
+
+class PinnedArray:
+    """Page-locked host memory viewed as a numpy array: async copies need it, and copies captured
+    into a CUDA graph must not touch pageable memory."""
+
+    def __init__(self, nbytes: int) -> None:
+        import ctypes
+
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(_ok(_runtime().cudaMallocHost(self.nbytes), "cudaMallocHost"))
+        self.bytes = np.ctypeslib.as_array((ctypes.c_uint8 * self.nbytes).from_address(self.ptr))
+
+    def view(self, dtype, shape) -> np.ndarray:
+        count = int(np.prod(shape))
+        return self.bytes[: count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        if self.ptr:
+            _runtime().cudaFreeHost(self.ptr)
+            self.ptr = 0
+
+
+def copy_to_device(dst: int, src: np.ndarray, stream: Stream) -> None:
+    rt = _runtime()
+    kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+    _ok(rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, stream.handle), "cudaMemcpyAsync H2D")
+
+
+def copy_to_host(dst: np.ndarray, src: int, stream: Stream) -> None:
+    rt = _runtime()
+    kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    _ok(rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, stream.handle), "cudaMemcpyAsync D2H")
+
+
+@dataclass
+class CudaGraph:
+    """Work captured from a stream once (cudaStreamBeginCapture/EndCapture), replayed by launch."""
+
+    graph: object
+    exec: object
+
+    @classmethod
+    def capture(cls, stream: Stream, work) -> CudaGraph:
+        rt = _runtime()
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _ok(rt.cudaStreamBeginCapture(stream.handle, mode), "cudaStreamBeginCapture")
+        try:
+            work()
+        finally:
+            graph = _ok(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
+        exec_ = _ok(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        return cls(graph, exec_)
+
+    def launch(self, stream: Stream) -> None:
+        _ok(_runtime().cudaGraphLaunch(self.exec, stream.handle), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        rt = _runtime()
+        rt.cudaGraphExecDestroy(self.exec)
+        rt.cudaGraphDestroy(self.graph)

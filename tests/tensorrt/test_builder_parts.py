@@ -1,0 +1,178 @@
+"""The TensorRT backend's parts that run without TensorRT: profiles, calibration cache, layer
+report summary, KV pool compaction (checked with ONNX Runtime), the Triton repository variant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from builder.build.tensorrt_calibration import (
+    CalibrationCacheError,
+    find_calibration_cache,
+    parse_calibration_cache,
+)
+from builder.build.tensorrt_layers import fusion_summary
+from builder.build.tensorrt_profiles import ProfileError, graph_inputs, pool_blocks_max, profiles_for
+from builder.manifest import Manifest
+from builder.triton_tensorrt import write_tensorrt_repo
+from runtime import decoder_io as io
+from runtime.engines.tensorrt_pool import block_bucket, compact_pool
+
+AXES = {"batch": [1, 8], "seq": [1, 2048], "blocks": [1, 128], "logit_positions": [1, 2048]}
+
+
+def test_decoder_profiles_from_the_exported_graph(glm4v_tiny_engines):
+    manifest = Manifest.load(glm4v_tiny_engines)
+    work = glm4v_tiny_engines.parent.parent / "build" / glm4v_tiny_engines.name
+    inputs = graph_inputs(work / "text_decoder.fp16.onnx")
+    prefill, decode = profiles_for(inputs, manifest.axes, decoder=True)
+    max_batch, max_seq = manifest.axes["batch"][1], manifest.axes["seq"][1]
+    assert prefill.shapes[io.INPUT_IDS].min == (1, 1)
+    assert prefill.shapes[io.INPUT_IDS].opt == (1, min(512, max_seq))
+    assert prefill.shapes[io.INPUT_IDS].max == (max_batch, max_seq)
+    assert decode.shapes[io.INPUT_IDS].min == (1, 1) and decode.shapes[io.INPUT_IDS].max == (max_batch, 1)
+    assert decode.shapes[io.INPUT_IDS].opt == (8, 1)
+    assert decode.shapes[io.POSITION_IDS].max == (3, max_batch, 1)  # GLM-4V's [3, B, S] rope positions
+    pool = decode.shapes["key_cache.0"]
+    assert pool.min[0] == 1 and pool.max[0] == pool_blocks_max(manifest.axes) == pool.opt[0]
+    assert pool.max[1:] == pool.min[1:]  # block size, KV heads, head dim are static
+
+
+def test_an_axis_without_a_range_is_a_clear_error():
+    with pytest.raises(ProfileError, match="'frames'"):
+        profiles_for({"input_features": ["batch", 80, "frames"]}, AXES, decoder=False)
+
+
+def test_encoder_profile_optimises_for_a_full_batch():
+    (profile,) = profiles_for({"pixel_values": ["batch", 3, 224, 224]}, AXES, decoder=False)
+    assert profile.shapes["pixel_values"].opt == (8, 3, 224, 224)
+
+
+def _cache_line(name: str, scale: float) -> str:
+    return f"{name}: {struct.pack('>f', scale).hex()}"
+
+
+def test_calibration_cache_round_trip(tmp_path):
+    scales = {"input_ids": 0.5, "/layers.0/attn/q_proj/MatMul_output_0": 0.0123}
+    path = tmp_path / "text_decoder.int8.calibration.cache"
+    path.write_text(
+        "TRT-100300-EntropyCalibration2\n" + "\n".join(_cache_line(n, s) for n, s in scales.items()) + "\n"
+    )
+    cache = parse_calibration_cache(path)
+    assert cache.version == 100300
+    assert cache.scales == pytest.approx(scales)
+    assert cache.raw == path.read_bytes()
+    (tmp_path / "text_decoder.fp16.onnx").write_bytes(b"not a cache")
+    assert find_calibration_cache("text_decoder", tmp_path) == path
+    assert find_calibration_cache("vision_encoder", tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("TRT-100300-MinMaxCalibration\n", "EntropyCalibration2"),
+        ("TRT-100300-EntropyCalibration2\nx: 12\n", ":2:"),
+    ],
+)
+def test_malformed_calibration_cache_is_refused(tmp_path, text, match):
+    path = tmp_path / "bad.cache"
+    path.write_text(text)
+    with pytest.raises(CalibrationCacheError, match=match):
+        parse_calibration_cache(path)
+
+
+def test_fusion_summary_counts_layers_built_from_several_onnx_nodes():
+    report = {
+        "Layers": [
+            {"Name": "/q_proj/MatMul", "LayerType": "Gemm", "Metadata": "[ONNX Layer: /q_proj/MatMul]"},
+            {
+                "Name": "/norm/Pow + /norm/ReduceMean + /norm/Add",
+                "LayerType": "PointWiseV2",
+                "Metadata": "[ONNX Layer: /norm/Pow]\x1f[ONNX Layer: /norm/ReduceMean]\x1f[ONNX Layer: /norm/Add]",
+            },
+        ],
+        "Bindings": ["input_ids", "logits"],
+    }
+    summary = fusion_summary(report)
+    assert summary["layers"] == 2 and summary["onnx_nodes"] == 4 and summary["fused_layers"] == 1
+    assert "/norm/ReduceMean" in summary["examples"][0]
+    assert fusion_summary({"Layers": ["a + b", "c"]})["fused_layers"] == 1  # LAYER_NAMES_ONLY form
+
+
+def test_block_bucket():
+    assert [block_bucket(n) for n in (1, 2, 3, 4, 5, 64, 65)] == [1, 2, 4, 4, 8, 64, 128]
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_compact_pool_gives_the_same_outputs(glm4v_tiny_engines, decode):
+    """The TensorRT engine uploads only the blocks a call reads; ONNX Runtime shows it is exact."""
+    manifest = Manifest.load(glm4v_tiny_engines)
+    d = manifest.decoder
+    session = ort.InferenceSession(str(glm4v_tiny_engines / "text_decoder.fp32.onnx"))
+    rng = np.random.default_rng(0)
+    batch, seq, blocks, pool_blocks, bs = 3, 1 if decode else 5, 3, 40, d["block_size"]
+    past = np.array([bs * 3 - 2, bs + 4, 7])
+    tables = np.zeros((batch, blocks), np.int64)
+    for row, n in enumerate(-(-past // bs)):
+        tables[row, :n] = rng.choice(np.arange(1, pool_blocks), n, replace=False)
+    feeds = {
+        io.INPUT_IDS: rng.integers(0, d["vocab_size"], (batch, seq)),
+        io.POSITION_IDS: np.broadcast_to(past[:, None] + np.arange(seq), (3, batch, seq)).copy(),
+        io.PAST_LENS: past,
+        io.BLOCK_TABLES: tables,
+        io.LOGIT_INDEX: np.full((batch, 1), seq - 1),
+    }
+    names = [i.name for i in session.get_inputs()]
+    kv = [n for n in names if n.split(".")[0] in ("key_cache", "value_cache")]
+    shape = (pool_blocks, bs, d["num_kv_heads"], d["head_dim"])
+    feeds |= {n: rng.standard_normal(shape).astype(np.float32) for n in kv}
+    feeds |= {n: np.zeros((1, d["hidden_size"]), np.float32) for n in names if n == "media_embeds"}
+    feeds |= {n: np.full((batch, seq), -1, np.int64) for n in names if n == "media_rows"}
+    feeds = {k: (v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in feeds.items()}
+    compact = compact_pool(feeds, kv, pad_to_bucket=decode)
+    assert compact[kv[0]].shape[0] < pool_blocks
+    full = session.run(None, feeds)
+    packed = session.run(None, compact)
+    for a, b in zip(full, packed, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _parse_config(path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_triton_tensorrt_repository(glm4v_tiny_engines, tmp_path):
+    """Structure of the generated repository, parsed with Triton's own ModelConfig proto. The
+    engines are the ONNX Runtime ones relabelled as TensorRT plans: only the repository layout and
+    configs are under test here (Triton's TensorRT backend needs a GPU)."""
+    from pathlib import Path
+
+    engines = tmp_path / "engines"
+    shutil.copytree(glm4v_tiny_engines, engines)
+    data = json.loads((engines / "manifest.json").read_text())
+    for by_precision in data["engines"].values():
+        for entry in by_precision.values():
+            entry["backend"] = "tensorrt"
+    (engines / "manifest.json").write_text(json.dumps(data))
+    source = Path(__file__).resolve().parents[2] / "triton_repo"
+    out = tmp_path / "triton_repo_tensorrt"
+    written = write_tensorrt_repo(engines, source, out)
+    assert written[0] == "llm"
+    llm = _parse_config(out / "llm" / "config.pbtxt")
+    assert llm.backend == "python" and llm.model_transaction_policy.decoupled
+    assert llm.parameters["engines_dir"].string_value == str(engines.resolve())
+    for component in written[1:]:
+        config = _parse_config(out / component / "config.pbtxt")
+        reference = _parse_config(source / component / "config.pbtxt")
+        assert config.platform == "tensorrt_plan"
+        assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
+        assert [i.name for i in config.input] == [i.name for i in reference.input]
+        assert [o.name for o in config.output] == [o.name for o in reference.output]
+        assert (out / component / "1" / "model.plan").is_file()
