@@ -29,7 +29,7 @@ from calibration.qdq import place, qdq_from_fp32
 from calibration.trt_cache import write_cache
 
 CALIBRATOR_VERSION = 1  # bump when histograms or the threshold search change
-QDQ_VERSION = 2  # bump when the Q/DQ placement or rewrite changes
+QDQ_VERSION = 3  # bump when the Q/DQ placement or rewrite changes
 METHOD = (
     f"entropy: TensorRT EntropyCalibration2 semantics ({DEFAULT_BINS}-bin |x| histograms, "
     f"{QUANTIZED_BINS} levels, threshold minimising KL)"

@@ -196,6 +196,9 @@ def qdq_from_fp32(fp32: Path, thresholds: dict[str, float], placement: Placement
                 "QDQOpTypePerChannelSupportToAxis": PER_CHANNEL_AXIS,
                 # Only the quantised ops' inputs get Q/DQ; their outputs stay float.
                 "OpTypesToExcludeOutputQuantization": list(QUANTISABLE_OPS),
+                # Biases stay float: TensorRT's DequantizeLinear takes no int32 input, and it
+                # fuses a float bias into the int8 kernel anyway.
+                "QuantizeBias": False,
             },
         )
     _set_exact_scales(out, {t: thresholds[t] / INT8_MAX for t in placement.tensors})

@@ -137,6 +137,23 @@ def test_every_exported_graph_is_tensorrt_compatible(built, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_int8_qdq_graphs_of_every_component_are_tensorrt_compatible(glm4v_tiny_int8_engines, tmp_path):
+    """The int8 graphs (decoder, vision and audio encoders) as TensorRT would consume them: Q/DQ
+    placement it can fuse, and biases left float (its DequantizeLinear takes no int32)."""
+    base = glm4v_tiny_int8_engines.parent.parent
+    work = base / "build" / "glm4v-tiny"
+    result = run_cli("build", "--model", base / "models" / "glm4v-tiny", "--out", tmp_path / "never-written",
+                     "--work-dir", work, "--backend", "tensorrt", "--check-only", "--precision", "int8",
+                     check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for component in ("text_decoder", "vision_encoder", "audio_encoder"):
+        graph = work / f"{component}.int8.onnx"
+        assert graph.name in result.stderr
+        report = check_graph(graph)
+        assert report.passed, [f.line() for f in report.errors]
+        assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(graph)).graph.node)
+
+
 def test_onnxruntime_optimized_graph_is_not_tensorrt_compatible(glm4v_tiny_engines):
     """ORT's optimizer fuses into com.microsoft contrib ops: that is why TensorRT consumes the
     pre-optimizer graph."""
