@@ -65,6 +65,7 @@ def build(
     )
     with stage(f"build {model_dir.name} → {out}"):
         manifest = run_build(model_dir, cfg, out, work_dir or Path("build") / model_dir.name)
-    for name, entry in sorted(manifest.engines.get("text_decoder", {}).items()):
-        size = (out / entry.file).stat().st_size / 2**20
-        console.print(f"  text_decoder {name:<5} {entry.backend:<12} {size:8.1f} MiB  {out / entry.file}")
+    for component, entries in manifest.engines.items():
+        for name, entry in sorted(entries.items()):
+            size = (out / entry.file).stat().st_size / 2**20
+            console.print(f"  {component:<14} {name:<5} {entry.backend:<12} {size:8.1f} MiB  {out / entry.file}")

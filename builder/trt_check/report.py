@@ -28,7 +28,7 @@ def print_reports(reports: list[CheckReport]) -> None:
     )
     width = max([len(r.graph) for r in reports] + [5])
     table.add_column("graph", no_wrap=True, min_width=width)
-    for column in ("nodes", "op types", "Q/DQ", "errors", "warnings", "result"):
+    for column in ("nodes", "ops", "Q/DQ", "errors", "warn", "result"):  # fits 80 columns
         table.add_column(column, justify="right", no_wrap=True)
     for report in reports:
         table.add_row(
