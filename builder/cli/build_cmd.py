@@ -68,4 +68,6 @@ def build(
     for component, entries in manifest.engines.items():
         for name, entry in sorted(entries.items()):
             size = (out / entry.file).stat().st_size / 2**20
-            console.print(f"  {component:<14} {name:<5} {entry.backend:<12} {size:8.1f} MiB  {out / entry.file}")
+            console.print(
+                f"  {component:<14} {name:<5} {entry.backend:<12} {size:8.1f} MiB  {out / entry.file}"
+            )
