@@ -11,10 +11,8 @@ Output `embeddings`     float32 [B, T, hidden]     T = frames / 2 / stack_factor
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +21,10 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from torch.export import Dim
 
 from builder.config import ExportConfig
-from builder.errors import ExportError, ModelDirError
+from builder.errors import ModelDirError
+from builder.export.batched_encoder import export_batched_encoder
 from builder.export.validation import ValidationReport, compare
 from builder.manifest import update_digest
 from builder.model_dir import ModelDir
@@ -134,23 +132,7 @@ def export_audio_encoder(
     encoder: AudioEncoder, geometry: AudioGeometry, cfg: ExportConfig, out: Path
 ) -> None:
     example = torch.randn(2, geometry.num_mel_bins, geometry.frames)
-    large = sum(p.numel() * p.element_size() for p in encoder.parameters()) > 1.8e9  # ONNX's 2 GB limit
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-        try:
-            torch.onnx.export(
-                encoder,
-                (example,),
-                str(out),
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_shapes={"input_features": {0: Dim("batch", min=1, max=cfg.max_batch)}},
-                opset_version=cfg.opset,
-                dynamo=True,
-                external_data=large,
-                verbose=False,
-            )
-        except Exception as error:  # the exporter raises many types; report them as one
-            raise ExportError(f"torch.onnx.export failed for the audio encoder: {error}") from error
+    export_batched_encoder(encoder, example, (INPUT, OUTPUT), cfg, out, "audio encoder")
 
 
 def validate_audio_encoder(

@@ -17,10 +17,8 @@ which fixes the batch at export time. This wrapper runs the model's own modules 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +26,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
-from torch.export import Dim
 from transformers.models.glm4v.modeling_glm4v import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_position_ids
 
 from builder.config import ExportConfig
 from builder.errors import ExportError, ModelDirError
+from builder.export.batched_encoder import export_batched_encoder
 from builder.export.validation import ValidationReport, compare
 from builder.model_dir import ModelDir
 
@@ -167,23 +165,7 @@ def hf_patches(pixel_values: np.ndarray, geometry: VisionGeometry) -> tuple[np.n
 def export_vision_encoder(encoder: BatchedVisionEncoder, cfg: ExportConfig, out: Path) -> None:
     g = encoder.geometry
     example = torch.randn(2, 3, g.height, g.width)
-    large = sum(p.numel() * p.element_size() for p in encoder.parameters()) > 1.8e9  # ONNX's 2 GB limit
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-        try:
-            torch.onnx.export(
-                encoder,
-                (example,),
-                str(out),
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_shapes={"pixel_values": {0: Dim("batch", min=1, max=cfg.max_batch)}},
-                opset_version=cfg.opset,
-                dynamo=True,
-                external_data=large,
-                verbose=False,
-            )
-        except Exception as error:  # the exporter raises many types; report them as one
-            raise ExportError(f"torch.onnx.export failed for the vision encoder: {error}") from error
+    export_batched_encoder(encoder, example, (INPUT, OUTPUT), cfg, out, "vision encoder")
 
 
 def validate_vision_encoder(

@@ -1,0 +1,40 @@
+"""torch.onnx.export for a media encoder: one float input whose first axis is the batch (1–max_batch)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from builder.config import ExportConfig
+from builder.errors import ExportError
+
+ONNX_LIMIT_BYTES = 1.8e9  # protobuf's 2 GB limit, with headroom: larger weights go to external data
+
+
+def export_batched_encoder(
+    encoder: nn.Module, example: torch.Tensor, names: tuple[str, str], cfg: ExportConfig, out: Path, what: str
+) -> None:
+    """Export `encoder(example)` with `names` = (input, output); `what` names it in errors."""
+    input_name, output_name = names
+    large = sum(p.numel() * p.element_size() for p in encoder.parameters()) > ONNX_LIMIT_BYTES
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the exporter chats on stdout
+        try:
+            torch.onnx.export(
+                encoder,
+                (example,),
+                str(out),
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes={input_name: {0: Dim("batch", min=1, max=cfg.max_batch)}},
+                opset_version=cfg.opset,
+                dynamo=True,
+                external_data=large,
+                verbose=False,
+            )
+        except Exception as error:  # the exporter raises many types; report them as one
+            raise ExportError(f"torch.onnx.export failed for the {what}: {error}") from error
