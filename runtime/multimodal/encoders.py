@@ -62,7 +62,8 @@ class LocalEncoders:
         self._last_used[component] = time.monotonic()
         return engine
 
-    def _run(self, component: str, batch: np.ndarray) -> np.ndarray:
+    def encode(self, component: str, batch: np.ndarray) -> np.ndarray:
+        """Run `component` (vision_encoder or audio_encoder) over `batch`, max_batch rows per call."""
         info = self.manifest.encoders[component]
         outputs = []
         with self._lock:  # one run at a time per engine (Engine is not thread-safe)
@@ -75,10 +76,10 @@ class LocalEncoders:
         return np.concatenate(outputs)
 
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run(VISION, pixel_values)
+        return self.encode(VISION, pixel_values)
 
     def encode_audio(self, features: np.ndarray) -> np.ndarray:
-        return self._run(AUDIO, features)
+        return self.encode(AUDIO, features)
 
     def unload_idle(self, seconds: float) -> list[str]:
         """Drop encoders unused for `seconds` (0 = all); they reload on next use. Returns their names."""
