@@ -2,7 +2,7 @@
 copies, and CUDA graph capture. Imported only by the TensorRT engine (cuda-python is absent here).
 
 cuda-python rather than pycuda: it is NVIDIA's own binding, the one TensorRT's Python samples use,
-it maps the CUDA runtime API one to one (stream capture, cudaGraphInstantiate/Launch included),
+it maps the CUDA runtime API one to one (stream capture, graph instantiation and launch included),
 ships wheels (pycuda compiles against a local CUDA toolkit), and works on the primary context that
 TensorRT uses, with no context juggling. Every call returns (error, *values); `_ok` checks it.
 """
@@ -135,14 +135,26 @@ class CudaGraph:
 
     @classmethod
     def capture(cls, stream: Stream, work) -> CudaGraph:
+        """Capture what `work()` enqueues on `stream`; `work` raises if its own calls fail."""
         rt = _runtime()
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _ok(rt.cudaStreamBeginCapture(stream.handle, mode), "cudaStreamBeginCapture")
         try:
             work()
-        finally:
-            graph = _ok(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
-        exec_ = _ok(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except BaseException:
+            # End the capture so the stream is usable again, unchecked: an invalidated capture
+            # reports its own error here, which must not hide the one being raised.
+            _, graph = rt.cudaStreamEndCapture(stream.handle)
+            if graph is not None and int(graph):
+                rt.cudaGraphDestroy(graph)
+            raise
+        graph = _ok(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
+        try:
+            # WithFlags: one signature across cuda-python releases (cudaGraphInstantiate's changed in 12).
+            exec_ = _ok(rt.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags")
+        except CudaError:
+            rt.cudaGraphDestroy(graph)
+            raise
         return cls(graph, exec_)
 
     def launch(self, stream: Stream) -> None:

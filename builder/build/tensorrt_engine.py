@@ -74,20 +74,32 @@ def _parse(trt, builder, graph: Path, flags: int):
     return network, parser
 
 
-def _add_profiles(builder, config, profiles: list[Profile]) -> None:
+def _add_profiles(builder, config, profiles: list[Profile]) -> list:
+    """Add `profiles` to `config`; return the TensorRT profile objects, in order."""
+    added = []
     for profile in profiles:
         trt_profile = builder.create_optimization_profile()
         for name, shape in profile.shapes.items():
             trt_profile.set_shape(name, shape.min, shape.opt, shape.max)
         config.add_optimization_profile(trt_profile)
+        added.append(trt_profile)
+    return added
 
 
 def _load_timing_cache(config, path: Path):
+    """The shared timing cache and how many of its bytes this build reuses. ignore_mismatch=False:
+    TensorRT refuses a cache from another GPU or TensorRT version (set_timing_cache returns
+    False); then a fresh cache is started, and saving it after the build replaces the old file."""
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    # ignore_mismatch=False: a cache from another GPU or TensorRT version is not applied.
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache, len(data)
+    cache = config.create_timing_cache(data) if data else None
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache, len(data)
+    if data:
+        note(f"timing cache {path.name} was refused (another GPU or TensorRT version): starting a fresh one")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise BuildError("TensorRT refused an empty timing cache (see the TensorRT log above)")
+    return cache, 0
 
 
 def _save_atomic(path: Path, data: bytes) -> None:
@@ -135,8 +147,8 @@ def trt_engine_from_onnx(
     if config.workspace_gib is not None:
         build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * 2**30))
     build_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + fused ONNX nodes
-    compat.apply_precision(trt, build_config, plan_precision)
-    _add_profiles(builder, build_config, profiles)
+    trt_profiles = _add_profiles(builder, build_config, profiles)
+    compat.apply_precision(trt, build_config, plan_precision, calibration_profile=trt_profiles[0])
     timing_path = engines_dir / TIMING_CACHE
     timing_cache, reused_bytes = _load_timing_cache(build_config, timing_path)
 

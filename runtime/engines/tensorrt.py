@@ -1,8 +1,14 @@
 """TensorRT engine: a serialized plan run through execution contexts, one per optimization profile.
 
-Per call: pick the profile the feeds fit (decode before prefill), `set_input_shape` for every
-input, copy inputs into fixed device buffers through pinned staging, run `execute_async_v3` on one
-stream (or replay the CUDA graph captured for these shapes), copy the requested outputs back.
+Per call: pick the profile the feeds fit (decode before prefill), copy inputs into fixed device
+buffers through pinned staging, `set_input_shape` for every input and run `execute_async_v3` on one
+stream, or replay the CUDA graph captured for these shapes; copy the requested outputs back.
+
+CUDA graphs. TensorRT's developer guide ("CUDA Graphs") says a graph must be re-captured once the
+context's input shapes change, and recommends one execution context per captured graph with device
+memory shared across the contexts. So each decode graph key gets its own context, its shapes set
+once; every context of this engine draws on one activation buffer, which is safe because all of
+them run serialized on one stream (the Engine contract: one `run` at a time).
 
 The KV pool. The paged decoder (runtime/paged_decoder.py) owns the pool in host memory and writes
 each call's new K/V into it in place, exactly as with ONNX Runtime, so the host pool stays the
@@ -18,6 +24,7 @@ the slot mapping of new K/V; see docs/tensorrt.md.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,6 +35,24 @@ from runtime.engines.tensorrt_pool import compact_pool
 from runtime.errors import RuntimeUserError
 
 DECODE_PROFILE = "decode"
+
+
+class TensorRTRuntimeError(RuntimeUserError):
+    """TensorRT refused a profile, shape or tensor address, or failed to execute (its log says why)."""
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise TensorRTRuntimeError(f"TensorRT {what} (see its log above)")
+
+
+def _enqueue(context, stream: cuda.Stream) -> None:
+    _check(context.execute_async_v3(stream.ptr), "execution failed")
+
+
+class _Graph(NamedTuple):
+    context: object  # the execution context this graph was captured from (its own)
+    graph: cuda.CudaGraph
 
 
 class TensorRTEngine(Engine):
@@ -48,10 +73,40 @@ class TensorRTEngine(Engine):
         self.input_dtypes = {n: self.dtypes[n] for n in self.inputs}
         self.kv_names = [n for n in self.inputs if n.split(".")[0] in ("key_cache", "value_cache")]
         self.stream = cuda.Stream()
+        self.scratch = _activation_buffer(self.engine)
         count = self.engine.num_optimization_profiles
         self.profiles = [
             _ProfileRunner(self, index, cuda_graphs and count > 1 and index == 1) for index in range(count)
         ]
+
+    def new_context(self, profile: int, shapes: dict[str, tuple]):
+        """An execution context on `profile` with these input shapes (tensor addresses are the
+        caller's to bind), drawing on the shared activation buffer where this TensorRT allows.
+        Several contexts may select one profile: profile sharing is always on since TensorRT 10.0
+        (PreviewFeature.PROFILE_SHARING_0806, deprecated there as the fixed default)."""
+        trt = self.trt
+        if self.scratch is None:
+            context = self.engine.create_execution_context()
+        else:
+            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            context = self.engine.create_execution_context(strategy)
+            if context is not None:
+                context.set_device_memory(self.scratch.ptr, self.scratch.nbytes)
+        if context is None:
+            raise TensorRTRuntimeError(
+                "TensorRT could not create an execution context (out of device memory? see its log above)"
+            )
+        try:
+            ok = context.set_optimization_profile_async(profile, self.stream.ptr)
+        except RuntimeError as error:  # the binding raises where the C++ call returns false
+            raise TensorRTRuntimeError(f"TensorRT refused optimization profile {profile}: {error}") from None
+        _check(ok, f"refused optimization profile {profile}")
+        for name, shape in shapes.items():
+            _check(
+                context.set_input_shape(name, shape),
+                f"refused shape {shape} for input {name} (profile {profile})",
+            )
+        return context
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         decode = io.INPUT_IDS in feeds and feeds[io.INPUT_IDS].shape[1] == 1 and len(self.profiles) > 1
@@ -69,29 +124,44 @@ class TensorRTEngine(Engine):
 
     def close(self) -> None:
         for runner in self.profiles:
-            runner.close()
+            runner.close()  # drops the contexts before the memory they use goes
+        if self.scratch is not None:
+            self.scratch.close()
         self.stream.close()
 
 
+def _activation_buffer(engine) -> cuda.DeviceBuffer | None:
+    """One device buffer big enough for any context of `engine` on any profile (the `_v2` size
+    queries and `set_device_memory(ptr, size)` date from TensorRT 10.1). None on TensorRT 10.0:
+    there each context allocates its own activation memory."""
+    if not hasattr(engine, "get_device_memory_size_for_profile_v2"):
+        return None
+    sizes = [engine.get_device_memory_size_for_profile_v2(i) for i in range(engine.num_optimization_profiles)]
+    return cuda.DeviceBuffer(max([int(engine.device_memory_size_v2), *map(int, sizes)]))
+
+
 class _ProfileRunner:
-    """One execution context bound to one optimization profile, with buffers sized for its max
-    shapes (allocated once, so tensor addresses never change and CUDA graphs stay valid)."""
+    """One optimization profile: buffers sized for its max shapes (allocated once, so tensor
+    addresses never change and CUDA graphs stay valid), a context for plain runs, and with CUDA
+    graphs one more context per captured graph, bound to the same buffers."""
 
     def __init__(self, owner: TensorRTEngine, index: int, cuda_graphs: bool) -> None:
         self.owner, self.index, self.cuda_graphs = owner, index, cuda_graphs
-        engine, stream = owner.engine, owner.stream
+        engine = owner.engine
         self.ranges = {n: [tuple(s) for s in engine.get_tensor_profile_shape(n, index)] for n in owner.inputs}
-        self.context = engine.create_execution_context()
-        self.context.set_optimization_profile_async(index, stream.ptr)
-        for name, (_, _, high) in self.ranges.items():
-            self.context.set_input_shape(name, high)
+        self.context = owner.new_context(index, {n: high for n, (_, _, high) in self.ranges.items()})
         sizes = {n: int(np.prod(self.ranges[n][2])) for n in owner.inputs}
         sizes |= {n: int(np.prod(self.context.get_tensor_shape(n))) for n in owner.outputs}
         self.device = {n: cuda.DeviceBuffer(size * owner.dtypes[n].itemsize) for n, size in sizes.items()}
         self.staging = {n: cuda.PinnedArray(size * owner.dtypes[n].itemsize) for n, size in sizes.items()}
+        self._bind(self.context)
+        self.graphs: dict[tuple, _Graph] = {}
+
+    def _bind(self, context) -> None:
         for name, buffer in self.device.items():
-            self.context.set_tensor_address(name, buffer.ptr)
-        self.graphs: dict[tuple, cuda.CudaGraph] = {}
+            _check(
+                context.set_tensor_address(name, buffer.ptr), f"refused the device address of tensor {name}"
+            )
 
     def describe(self) -> str:
         return f"profile {self.index}: " + ", ".join(
@@ -109,40 +179,52 @@ class _ProfileRunner:
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         owner, stream = self.owner, self.owner.stream
+        shapes = {}
         for name in owner.inputs:
             array = np.ascontiguousarray(feeds[name], dtype=owner.dtypes[name])
             stage = self.staging[name].view(array.dtype, array.shape)
             stage[...] = array
             cuda.copy_to_device(self.device[name].ptr, stage, stream)
-            if not self.context.set_input_shape(name, array.shape):
-                raise RuntimeUserError(f"TensorRT refused shape {array.shape} for input {name}")
-        key = tuple(feeds[name].shape for name in owner.inputs)
+            shapes[name] = array.shape
         if self.cuda_graphs:
-            graph = self.graphs.get(key) or self._capture(key)
-            graph.launch(stream)
-        elif not self.context.execute_async_v3(stream.ptr):
-            raise RuntimeUserError("TensorRT execution failed (see its log above)")
+            key = tuple(shapes.values())
+            entry = self.graphs.get(key) or self._capture(key, shapes)
+            entry.graph.launch(stream)
+            context = entry.context
+        else:
+            context = self.context
+            for name, shape in shapes.items():
+                _check(
+                    context.set_input_shape(name, shape),
+                    f"refused shape {shape} for input {name} (profile {self.index})",
+                )
+            _enqueue(context, stream)
         results = []
         for name in outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
+            shape = tuple(context.get_tensor_shape(name))
             host = self.staging[name].view(owner.dtypes[name], shape)
             cuda.copy_to_host(host, self.device[name].ptr, stream)
             results.append(host)
         stream.synchronize()
         return [np.array(r) for r in results]  # staging is reused by the next call
 
-    def _capture(self, key: tuple) -> cuda.CudaGraph:
+    def _capture(self, key: tuple, shapes: dict[str, tuple]) -> _Graph:
+        """A graph on a context of its own, whose shapes never change after capture."""
         stream = self.owner.stream
-        # One plain run first: TensorRT performs deferred shape-dependent setup on the first
-        # enqueue after shapes change, which must not land inside the capture.
-        if not self.context.execute_async_v3(stream.ptr):
-            raise RuntimeUserError("TensorRT execution failed (see its log above)")
-        graph = cuda.CudaGraph.capture(stream, lambda: self.context.execute_async_v3(stream.ptr))
-        self.graphs[key] = graph
-        return graph
+        context = self.owner.new_context(self.index, shapes)
+        self._bind(context)
+        # One plain run first: TensorRT performs deferred shape-dependent setup on a context's
+        # first enqueue, which must not land inside the capture.
+        _enqueue(context, stream)
+        stream.synchronize()
+        graph = cuda.CudaGraph.capture(stream, lambda: _enqueue(context, stream))
+        self.graphs[key] = entry = _Graph(context, graph)
+        return entry
 
     def close(self) -> None:
-        for graph in self.graphs.values():
-            graph.close()
+        for entry in self.graphs.values():
+            entry.graph.close()
+        self.graphs.clear()
+        self.context = None
         for buffer in [*self.device.values(), *self.staging.values()]:
             buffer.close()

@@ -1,11 +1,13 @@
-"""The TensorRT backend's parts that run without TensorRT: profiles, calibration cache, layer
-report summary, KV pool compaction (checked with ONNX Runtime), the Triton repository variant."""
+"""The TensorRT backend's parts that run without TensorRT: profiles, calibration cache, precision
+plan and builder-config steps (on recording fakes), layer report summary, KV pool compaction
+(checked with ONNX Runtime), the Triton repository variant."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import struct
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -13,13 +15,16 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from builder.build import tensorrt_compat as compat
 from builder.build.tensorrt_calibration import (
     CalibrationCacheError,
     find_calibration_cache,
     parse_calibration_cache,
 )
+from builder.build.tensorrt_engine import _load_timing_cache
 from builder.build.tensorrt_layers import fusion_summary
 from builder.build.tensorrt_profiles import ProfileError, graph_inputs, pool_blocks_max, profiles_for
+from builder.errors import BuildError
 from builder.manifest import Manifest
 from builder.triton_tensorrt import write_tensorrt_repo
 from runtime import decoder_io as io
@@ -104,6 +109,80 @@ def test_fusion_summary_counts_layers_built_from_several_onnx_nodes():
     assert summary["layers"] == 2 and summary["onnx_nodes"] == 4 and summary["fused_layers"] == 1
     assert "/norm/ReduceMean" in summary["examples"][0]
     assert fusion_summary({"Layers": ["a + b", "c"]})["fused_layers"] == 1  # LAYER_NAMES_ONLY form
+
+
+def test_fusion_summary_counts_each_onnx_node_once():
+    """A node listed twice in one layer, or under onnx-tensorrt's " | …" local-function suffix, is
+    one source (TensorRT 11 reports "I/O Tensors" where 10 had "Bindings"; neither is read)."""
+    metadata = "\x1f".join(
+        f"[ONNX Layer: {name}]"
+        for name in ("/mlp/Mul", "/mlp/Mul", "/mlp/Sigmoid | gelu_fn", "/mlp/Sigmoid | gelu_fn")
+    )
+    report = {
+        "Layers": [{"Name": "fused", "LayerType": "PointWiseV2", "Metadata": metadata}, "x + x | f"],
+        "I/O Tensors": [{"Name": "input_ids", "IOMode": "Input"}],
+    }
+    summary = fusion_summary(report)
+    assert summary["onnx_nodes"] == 3 and summary["fused_layers"] == 1
+    assert summary["examples"] == ["PointWiseV2: /mlp/Mul + /mlp/Sigmoid"]
+
+
+def test_tensorrt_11_refuses_an_int8_graph_without_qdq():
+    trt11 = SimpleNamespace(__version__="11.0.0")
+    with pytest.raises(BuildError, match="Q/DQ"):
+        compat.plan_precision(trt11, "int8", graph_has_qdq=False, calibration_cache=None)
+    assert compat.plan_precision(trt11, "int8", graph_has_qdq=True, calibration_cache=None).strongly_typed
+
+
+class _FakeConfig:
+    """The IBuilderConfig calls the build step makes, recorded (TensorRT is absent here)."""
+
+    def __init__(self, accept_cache: bool = True) -> None:
+        self.accept_cache, self.calls = accept_cache, []
+
+    def create_timing_cache(self, data: bytes):
+        return SimpleNamespace(data=data)
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        self.calls.append(("set_timing_cache", cache.data))
+        return self.accept_cache or cache.data == b""
+
+    def set_flag(self, flag) -> None:
+        self.calls.append(("set_flag", flag))
+
+    def set_calibration_profile(self, profile) -> bool:
+        self.calls.append(("set_calibration_profile", profile))
+        return True
+
+
+def test_a_refused_timing_cache_is_replaced_by_a_fresh_one(tmp_path):
+    path = tmp_path / "tensorrt.timing.cache"
+    path.write_bytes(b"from another GPU")
+    config = _FakeConfig(accept_cache=False)
+    cache, reused = _load_timing_cache(config, path)
+    assert reused == 0 and cache.data == b""
+    assert config.calls == [("set_timing_cache", b"from another GPU"), ("set_timing_cache", b"")]
+    assert _load_timing_cache(_FakeConfig(), path)[1] == len(b"from another GPU")
+
+
+def test_implicit_int8_sets_the_calibration_profile(tmp_path):
+    path = tmp_path / "text_decoder.int8.calibration.cache"
+    path.write_text("TRT-100300-EntropyCalibration2\n" + _cache_line("input_ids", 0.5) + "\n")
+
+    class Calibrator:  # stands in for trt.IInt8EntropyCalibrator2
+        def __init__(self) -> None:
+            pass
+
+    trt10 = SimpleNamespace(
+        __version__="10.3.0",
+        BuilderFlag=SimpleNamespace(FP16="FP16", INT8="INT8"),
+        IInt8EntropyCalibrator2=Calibrator,
+    )
+    plan = compat.plan_precision(trt10, "int8", graph_has_qdq=False, calibration_cache=path)
+    config = _FakeConfig()
+    compat.apply_precision(trt10, config, plan, calibration_profile="profile 0")
+    assert config.calls[-1] == ("set_calibration_profile", "profile 0")
+    assert config.int8_calibrator.read_calibration_cache() == path.read_bytes()
 
 
 def test_block_bucket():
