@@ -4,8 +4,8 @@ Each reader takes an optional user directory (`--data DIR`) and a sample count, 
 `SampleSet`: a description, the count, and a re-iterable stream of samples, read lazily so that
 memory does not grow with the count. Files are taken in sorted path order (recursively), so a
 calibration is reproducible. Without a directory: text is the calibration part of Python's
-documentation topics (calibration/corpus.py), images are scikit-image's sample photographs;
-no speech ships with the packages, so audio needs a directory.
+documentation topics (calibration/corpus.py), images are scikit-image's sample photographs,
+speech is Debian's pocketsphinx-testdata where installed (no Python package ships speech).
 """
 
 from __future__ import annotations
@@ -169,11 +169,27 @@ def _read_wav(path: Path) -> AudioClip:
     return AudioClip(pcm.reshape(-1, channels).mean(axis=1), rate)
 
 
+# Debian's pocketsphinx-testdata: ten 16 kHz English speech clips (read speech, card names), the
+# only speech a package ships (`apt-get install pocketsphinx-testdata`); none comes from PyPI.
+SYSTEM_SPEECH = Path("/usr/share/pocketsphinx/test/data")
+
+
+def default_speech(samples: int) -> SampleSet[AudioClip] | None:
+    """Up to `samples` clips of the installed system speech (all ten at most), or None if absent."""
+    files = sorted(SYSTEM_SPEECH.rglob("*.wav")) if SYSTEM_SPEECH.is_dir() else []
+    if not files:
+        return None
+    files = files[:samples]
+    source = f"{len(files)} speech clips of Debian's pocketsphinx-testdata ({SYSTEM_SPEECH})"
+    return SampleSet(source, len(files), lambda: map(_read_wav, files))
+
+
 def audio_samples(data: Path | None, samples: int) -> SampleSet[AudioClip]:
     """Mono float32 clips at their own sample rate, one per WAV file."""
     if data is None:
         raise CalibrationError(
-            "no default speech ships with the installed packages; pass --data DIR with PCM WAV speech clips"
+            "no default speech ships with the Python packages; pass --data DIR with PCM WAV speech clips "
+            "or install Debian's pocketsphinx-testdata"
         )
     files = _files(data, AUDIO_SUFFIXES, "audio")
     source = f"{len(files)} clips in {data}"

@@ -198,20 +198,24 @@ def _synthetic_voice(seconds: float, seed: int, rate: int) -> np.ndarray:
 
 
 def calibration(model_dir: ModelDir, cfg):
-    """INT8 calibration feeds: the first 30 s window of each WAV clip in `--data DIR` (16 kHz), or,
-    since no speech ships with the installed packages, synthesized voiced-speech-like clips."""
+    """INT8 calibration feeds: the first 30 s window of each WAV clip (16 kHz) in `--data DIR`, else
+    of Debian's pocketsphinx-testdata speech where installed, else synthesized voiced-speech-like
+    clips (no Python package ships speech)."""
     from calibration.errors import CalibrationError
     from calibration.feeds import CalibrationSet, digest_of
-    from calibration.readers import audio_samples
+    from calibration.readers import audio_samples, default_speech
     from runtime.multimodal.audio import AudioPreprocessor, AudioSpec
 
     preprocess = AudioPreprocessor(AudioSpec.from_info(manifest_info(model_dir)))
     rate = preprocess.spec.sampling_rate
-    if cfg.data is None:
+    samples = audio_samples(cfg.data, cfg.samples) if cfg.data is not None else default_speech(cfg.samples)
+    if samples is None:
         clips = [_synthetic_voice(2 + (i % 7) * 4, seed=i, rate=rate) for i in range(cfg.samples)]
-        description = f"{len(clips)} synthesized voiced-speech-like clips (no speech ships with the packages)"
+        description = (
+            f"{len(clips)} synthesized voiced-speech-like clips (no speech installed: "
+            f"apt-get install pocketsphinx-testdata, or --calib-data DIR)"
+        )
     else:
-        samples = audio_samples(cfg.data, cfg.samples)
         clips = []
         for clip in samples:
             if clip.rate != rate:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from calibration import corpus
 from calibration.errors import CalibrationError
-from calibration.readers import audio_samples, image_samples, text_samples
+from calibration.readers import SYSTEM_SPEECH, audio_samples, default_speech, image_samples, text_samples
 
 
 def test_default_text_never_overlaps_the_evaluation_text():
@@ -82,3 +82,17 @@ def test_audio_wav_becomes_mono_float(tmp_path):
         list(audio_samples(tmp_path, 2))
     with pytest.raises(CalibrationError, match="--data DIR"):
         audio_samples(None, 1)
+
+
+def test_default_speech_is_the_installed_system_clips():
+    """The audio encoder's default calibration speech (Debian's pocketsphinx-testdata)."""
+    if default_speech(1) is None:
+        pytest.skip(f"no speech installed at {SYSTEM_SPEECH} (apt-get install pocketsphinx-testdata)")
+    speech = default_speech(64)
+    clips = list(speech)
+    assert speech.count == len(clips) == 10  # all the package has, fewer than asked
+    assert "pocketsphinx-testdata" in speech.description
+    for clip in clips:
+        assert clip.rate == 16000 and clip.samples.ndim == 1
+        assert 0.005 < float(np.sqrt(np.mean(clip.samples**2))) < 0.5  # speech, not silence or noise
+    assert [c.samples.size for c in default_speech(3)] == [c.samples.size for c in clips[:3]]
