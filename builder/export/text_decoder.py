@@ -52,7 +52,7 @@ def decoder_feeds(
     for name in io.kv_input_names(shape.num_layers):
         feeds[name] = rng.standard_normal(kv_shape).astype(np.float32)
     if decoder.media:  # about half the new tokens take a media row, at the embeddings' scale
-        scale = float(decoder.embed_tokens.weight.std())
+        scale = float(decoder.embed_tokens.weight.detach().std())
         media = rng.standard_normal((batch * seq, shape.hidden_size)) * scale
         feeds[io.MEDIA_EMBEDS] = media.astype(np.float32)
         rows = rng.permutation(batch * seq).reshape(batch, seq)
