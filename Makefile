@@ -9,7 +9,7 @@ PRECISIONS ?= fp32 fp16 int8
 BACKEND ?= onnxruntime
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup build-engine serve test lint format clean
+.PHONY: setup build-engine serve bench test lint format clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,16 @@ build-engine: $(STAMP) models/$(MODEL)
 # Extra options: make serve SERVE_ARGS="--port 9000 --api-key KEY".
 serve: build-engine
 	$(CLI) serve --engines engines/$(MODEL) $(SERVE_ARGS)
+
+# Engine + serving benchmarks of engines/$(MODEL) → bench-results/README.md (+ JSON, PNG charts); ~5 min on 2 cores.
+# Extra options: make bench BENCH_ENGINES_ARGS="--repeats 20" BENCH_SERVE_ARGS="--concurrency 1,4,8".
+BENCH_DIR ?= bench-results
+bench: build-engine
+	@mkdir -p $(BENCH_DIR)
+	$(CLI) bench engines --engines engines/$(MODEL) --json $(BENCH_DIR)/engines.json --plot $(BENCH_DIR)/engines.png $(BENCH_ENGINES_ARGS)
+	$(CLI) bench serve --engines engines/$(MODEL) --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png $(BENCH_SERVE_ARGS)
+	$(CLI) bench report --engines-json $(BENCH_DIR)/engines.json --serve-json $(BENCH_DIR)/serve.json \
+		--engines-plot $(BENCH_DIR)/engines.png --serve-plot $(BENCH_DIR)/serve.png --out $(BENCH_DIR)/README.md
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench_concurrency.py --url http://127.0.0.1:8000/v1 --model smollm2-135m
 
 Both concurrency levels run the same requests in the same run (greedy, same max_tokens), so the
-ratio compares like with like. The conversation part reports TTFT per turn, the prefix-cache hit
+ratio compares like with like; they are levels of `autoglm-trt bench serve` (runtime/bench/serve.py),
+which measures the whole concurrency curve. The conversation part reports TTFT per turn, the prefix-cache hit
 rate (from /metrics) and TTFT of turn 3 with a cold cache (a nonce in the system prompt).
 """
 
@@ -14,71 +15,41 @@ import argparse
 import asyncio
 import json
 import re
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 from openai import AsyncOpenAI
 
+from runtime.bench.serve import ServeBenchConfig, load_prompts, messages_for, run_level, timed_request
 from runtime.server.background import start_background_server
 
-QUESTIONS = [
-    "Explain what a phone assistant model does.",
-    "List three uses of a smartphone camera.",
-    "How do I turn on airplane mode?",
-    "Write a short note reminding me to buy milk.",
-    "What is the difference between Wi-Fi and Bluetooth?",
-    "Give two tips for saving battery on a phone.",
-    "How do I take a screenshot on Android?",
-    "Describe how to set an alarm for 7 am.",
-]
 SYSTEM = "You are AutoGLM, a helpful assistant that operates a phone for the user. " * 8
 
 
 async def completion(client: AsyncOpenAI, model: str, messages: list[dict], max_tokens: int) -> dict:
-    """One streamed chat completion: its text, usage and TTFT (time to the first token's chunk)."""
-    start, ttft, text, usage = time.perf_counter(), None, [], None
-    stream = await client.chat.completions.create(
-        model=model,
-        messages=messages,
-        max_tokens=max_tokens,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    async for chunk in stream:
-        if chunk.choices:
-            choice = chunk.choices[0]
-            if ttft is None and (
-                choice.delta.content is not None and (choice.delta.content or choice.finish_reason)
-            ):
-                ttft = time.perf_counter() - start
-            text.append(choice.delta.content or "")
-        if chunk.usage:
-            usage = chunk.usage
-    return {"text": "".join(text), "usage": usage, "ttft": ttft or time.perf_counter() - start}
+    """One streamed chat completion (runtime/bench/serve.py): its text, usage and TTFT."""
+    timing = await timed_request(client, model, messages, max_tokens)
+    return {"text": timing.text, "usage": timing.usage, "ttft": timing.ttft_s}
 
 
 async def throughput(
     client: AsyncOpenAI, model: str, concurrency: int, requests: int, max_tokens: int
 ) -> dict:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(i: int) -> int:
-        async with gate:
-            messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-            return (await completion(client, model, messages, max_tokens))["usage"].completion_tokens
-
-    start = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(one(i) for i in range(requests))))
-    seconds = time.perf_counter() - start
+    """One level of `autoglm-trt bench serve` over the shipped prompt set (user turns only)."""
+    _, questions = load_prompts(None)
+    cfg = ServeBenchConfig(url="", requests=requests, max_tokens=max_tokens)
+    level = await run_level(
+        client, cfg, model, lambda i: messages_for(None, questions[i % len(questions)], []), concurrency
+    )
+    if level["errors"]:
+        raise SystemExit(f"{level['errors']} requests failed, e.g. {level['error_samples'][0]}")
     return {
         "concurrency": concurrency,
-        "requests": requests,
-        "tokens": tokens,
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
+        "requests": level["requests"],
+        "tokens": level["output_tokens"],
+        "seconds": level["wall_s"],
+        "tokens_per_s": level["output_tokens_per_s"],
     }
 
 

@@ -3,8 +3,8 @@
     python scripts/bench_encoders.py latency --engines engines/glm4v-tiny [--repeats 20] [--threads 0]
     python scripts/bench_encoders.py memory  --engines engines/glm4v-tiny
 
-`latency`: median wall time of each encoder engine at batch 1 and 8 for every built precision, all
-in one process, reported as ratios (per-item batch-8 speed-up, each precision vs fp32).
+`latency`: each encoder engine at batch 1 and 8 for every built precision, interleaved in one
+process (`autoglm-trt bench engines --component vision_encoder --component audio_encoder`).
 `memory`: resident set size of a fresh process that loads the text engines and generates (text
 only), vs one that also runs both encoders (everything loaded), and after `unload_idle(0)`.
 """
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,56 +23,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from builder.manifest import Manifest  # noqa: E402
-from runtime.engine_loader import load_engine  # noqa: E402
+from runtime.bench.engines import EngineBenchConfig, run_engine_bench  # noqa: E402
+from runtime.bench.progress import StageLog  # noqa: E402
+from runtime.bench.tables import console, latency_table  # noqa: E402
 
 ENCODERS = ("vision_encoder", "audio_encoder")
 
 
-def _inputs(manifest: Manifest, component: str, batch: int) -> np.ndarray:
-    shape = manifest.encoders[component]["input_shape"]
-    rng = np.random.default_rng(0)
-    if component == "audio_encoder":  # Whisper log-mels lie in about [-1.5, 1.5]
-        return rng.uniform(-1.5, 1.5, (batch, *shape)).astype(np.float32)
-    return rng.standard_normal((batch, *shape)).astype(np.float32)
-
-
 def latency(engines: Path, repeats: int, threads: int) -> dict:
-    manifest = Manifest.load(engines)
-    results: dict = {}
-    for component in ENCODERS:
-        if component not in manifest.encoders:
-            continue
-        info = manifest.encoders[component]
-        for precision in manifest.precisions(component):
-            engine = load_engine(manifest, engines, component, precision, threads=threads)
-            for batch in (1, 8):
-                feeds = {info["input"]: _inputs(manifest, component, batch)}
-                engine.run(feeds, [info["output"]])  # warm-up
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    engine.run(feeds, [info["output"]])
-                    times.append(time.perf_counter() - start)
-                results[f"{component} {precision} b{batch}"] = statistics.median(times) * 1000
-    return results
-
-
-def print_latency(results: dict) -> None:
-    print(
-        f"{'engine':<30} {'ms':>9} {'ms/item':>9} {'b8 per-item speed-up':>21} {'vs fp32 (same batch)':>21}"
+    """The encoders' part of `autoglm-trt bench engines` at batch 1 and 8 (interleaved, no accuracy)."""
+    components = tuple(c for c in ENCODERS if c in Manifest.load(engines).encoders)
+    if not components:
+        raise SystemExit(f"{engines} has no encoder engines")
+    cfg = EngineBenchConfig(
+        engines_dir=engines,
+        components=components,
+        batches=(1, 8),
+        repeats=repeats,
+        threads=threads,
+        accuracy=False,
+        memory=False,
     )
-    for key, ms in results.items():
-        component, precision, batch = key.split()
-        size = int(batch[1:])
-        speedup = ""
-        if size == 8:
-            speedup = f"{results[f'{component} {precision} b1'] / (ms / 8):.2f}×"
-        versus = (
-            f"{results[f'{component} fp32 {batch}'] / ms:.2f}×"
-            if f"{component} fp32 {batch}" in results
-            else ""
-        )
-        print(f"{key:<30} {ms:9.2f} {ms / size:9.2f} {speedup:>21} {versus:>21}")
+    return run_engine_bench(cfg, StageLog()).as_dict()
 
 
 def _rss_child(engines: Path, mode: str) -> None:
@@ -137,7 +107,7 @@ def main() -> None:
     if args.what == "_rss":
         _rss_child(args.engines, args.mode)
     elif args.what == "latency":
-        print_latency(latency(args.engines, args.repeats, args.threads))
+        console().print(latency_table(latency(args.engines, args.repeats, args.threads)))
     else:
         result = memory(args.engines)
         text = result["text"]["text_only"]

@@ -1,1 +1,2 @@
-"""Engine benchmarks: accuracy of reduced precisions against fp32 (more measures to come)."""
+"""Benchmarks: engine latency, throughput, memory and accuracy vs fp32 (`bench engines`), serving
+latency and throughput (`bench serve`), and their Markdown report (`bench report`)."""

@@ -67,8 +67,6 @@ def test_accuracy_report_and_int8_generation(glm4v_tiny_int8_engines, tmp_path):
     out = run_cli("generate", "--engines", glm4v_tiny_int8_engines, "--prompt", "Hello", "--max-tokens", "4",
                   "--json")  # fmt: skip
     assert json.loads(out.stdout)["precision"] == "int8"  # auto prefers int8
-    full = run_cli("bench", "engines", "--engines", glm4v_tiny_int8_engines, check=False)
-    assert_user_error(full, "not available yet", "--accuracy-only")
 
 
 def test_rebuild_reuses_calibration_and_recalibrates_on_new_data(glm4v_tiny_int8_engines, tmp_path):

@@ -1,0 +1,219 @@
+"""`autoglm-trt bench`: engine benchmarks, serving benchmarks, and the Markdown report of both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from runtime.errors import RuntimeUserError
+
+app = typer.Typer(help="Benchmark built engines and a running server.", no_args_is_help=True)
+
+INTERRUPTED = 130  # what a shell reports for Ctrl-C
+
+
+def int_list(text: str, option: str) -> tuple[int, ...]:
+    """'1,2,4' → (1, 2, 4); every value a positive integer."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise RuntimeUserError(f"{option} takes comma-separated integers like 1,2,4, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise RuntimeUserError(f"{option} needs positive integers like 1,2,4, got {text!r}")
+    return values
+
+
+def write_json(path: Path, report: dict) -> None:
+    from builder.manifest import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, report)
+
+
+def _accuracy_only(engines: Path, precision, json_out, passages, max_tokens, threads) -> None:
+    from runtime.bench.accuracy import rows_as_dicts, text_accuracy
+
+    rows = text_accuracy(engines, precision, passages=passages, max_tokens=max_tokens, threads=threads)
+    print(f"{'component':<14}{'precision':<10}{'cosine':>10}{'top1':>9}{'perplexity':>12}{'ppl fp32':>10}")
+    for row in rows:
+        print(
+            f"{row.component:<14}{row.precision:<10}{row.cosine:>10.5f}{row.top1:>9.4f}"
+            f"{row.perplexity:>12.3f}{row.perplexity_fp32:>10.3f}"
+        )
+    if json_out is not None:
+        write_json(json_out, {"engines": str(engines), "reference": "fp32", "held_out": "Python documentation "
+                              "topics (evaluation part)", "accuracy": rows_as_dicts(rows)})  # fmt: skip
+
+
+@app.command("engines")
+def engines(
+    engines: Annotated[Path, typer.Option(help="Engines directory (engines/NAME).")],
+    precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Precision to measure; repeat. Default: all built (fp32 always, as the reference)."
+        ),
+    ] = None,
+    component: Annotated[
+        list[str] | None,
+        typer.Option(help="text_decoder, vision_encoder, audio_encoder; repeat. Default: all."),
+    ] = None,
+    prompt_lengths: Annotated[str, typer.Option(help="Prefill prompt lengths, comma-separated.")] = "128,512",
+    prefill_batches: Annotated[str, typer.Option(help="Prefill batch sizes, comma-separated.")] = "1",
+    batches: Annotated[
+        str, typer.Option(help="Decode (and encoder) batch sizes, comma-separated.")
+    ] = "1,2,4,8",
+    context: Annotated[
+        int | None,
+        typer.Option(min=0, help="Cached tokens before each decoded token. Default: longest prompt."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls per case and precision.")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls per case and precision first.")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
+    accuracy_only: Annotated[
+        bool, typer.Option("--accuracy-only", help="Only the text accuracy of fp16/int8 against fp32.")
+    ] = False,
+    accuracy: Annotated[bool, typer.Option(help="Measure accuracy against fp32.")] = True,
+    memory: Annotated[bool, typer.Option(help="Measure each engine's peak RSS in a fresh process.")] = True,
+    passages: Annotated[int, typer.Option(min=1, help="Held-out passages to score (text accuracy).")] = 32,
+    max_tokens: Annotated[int, typer.Option(min=2, help="Tokens per passage at most (text accuracy).")] = 512,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads per engine; 0 = all.")] = 0,
+) -> None:
+    """Prefill/decode/encode latency (p50/p90/p99), tokens/s, peak RSS, size and accuracy of every
+    engine, precisions interleaved in one process; plus the memory-bandwidth roofline of decode."""
+    if accuracy_only:
+        _accuracy_only(engines, precision, json_out, passages, max_tokens, threads)
+        return
+    from runtime.bench.engines import EngineBenchConfig, run_engine_bench
+    from runtime.bench.progress import StageLog
+    from runtime.bench.tables import print_engine_report
+
+    cfg = EngineBenchConfig(
+        engines_dir=engines,
+        precisions=tuple(precision or ()),
+        components=tuple(component or ()),
+        prompt_lengths=int_list(prompt_lengths, "--prompt-lengths"),
+        prefill_batches=int_list(prefill_batches, "--prefill-batches"),
+        batches=int_list(batches, "--batches"),
+        context=context,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        accuracy=accuracy,
+        passages=passages,
+        max_tokens=max_tokens,
+        memory=memory,
+    )
+    report = run_engine_bench(cfg, StageLog()).as_dict()
+    _finish(report, json_out, plot, print_engine_report, "plot_engines")
+
+
+def _finish(report: dict, json_out: Path | None, plot: Path | None, printer, plotter: str) -> None:
+    """Table, JSON and chart of what was measured, also after Ctrl-C (then exit 130)."""
+    printer(report)
+    if json_out is not None:
+        write_json(json_out, report)
+    if plot is not None and report["results"]:
+        from runtime.bench import plots
+
+        getattr(plots, plotter)(report, plot)
+    if report.get("interrupted"):
+        raise typer.Exit(INTERRUPTED)
+
+
+@app.command("serve")
+def serve(
+    url: Annotated[str | None, typer.Option(help="A running gateway, e.g. http://127.0.0.1:8000.")] = None,
+    engines: Annotated[
+        Path | None, typer.Option(help="Instead of --url: start `autoglm-trt serve` on these engines.")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key of the gateway.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model id. Default: the gateway's first.")] = None,
+    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,2,4,8,16",
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per level (at least 2 × the concurrency are sent).")
+    ] = 16,
+    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens of each request.")] = 64,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Prompt set (JSON). Default: the shipped one."),
+    ] = None,
+    threads: Annotated[int, typer.Option(min=0, help="With --engines: CPU threads per engine; 0 = all.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
+) -> None:
+    """TTFT, TPOT, inter-token and end-to-end latency percentiles, requests/s and output tokens/s at
+    each concurrency level, over OpenAI streaming chat completions."""
+    from runtime.bench.progress import StageLog
+    from runtime.bench.serve import ServeBenchConfig, run_serve_bench
+    from runtime.bench.tables import print_serve_report
+
+    if (url is None) == (engines is None):
+        raise RuntimeUserError("give either --url of a running gateway or --engines to start one")
+    cfg = ServeBenchConfig(
+        url=url or "",
+        api_key=api_key,
+        model=model,
+        concurrency=int_list(concurrency, "--concurrency"),
+        requests=requests,
+        max_tokens=max_tokens,
+        prompts=prompts,
+    )
+    log = StageLog()
+    report = run_serve_bench(cfg, log) if engines is None else _serve_started(cfg, engines, threads, log)
+    _finish(report, json_out, plot, print_serve_report, "plot_serve")
+
+
+def _serve_started(cfg, engines: Path, threads: int, log) -> dict:
+    from dataclasses import replace
+
+    from runtime.bench.serve import run_serve_bench
+    from runtime.server.background import start_background_server
+
+    log(f"starting autoglm-trt serve --engines {engines}")
+    extra = ("--threads", str(threads)) if threads else ()
+    try:
+        server = start_background_server(engines, api_key=cfg.api_key, extra_args=extra)
+    except RuntimeError as error:
+        raise RuntimeUserError(f"the server did not start: {error}") from None
+    log(f"server ready at {server.base_url}")
+    try:
+        return run_serve_bench(replace(cfg, url=server.root, model=cfg.model or server.model), log)
+    finally:
+        log("stopping the server")
+        _stop(server)
+
+
+def _stop(server) -> None:
+    """After Ctrl-C the server got the SIGINT too and may be gone already."""
+    import psutil
+
+    try:
+        server.stop()
+    except psutil.Error:
+        server.process.kill()
+        server.process.wait()
+
+
+@app.command("report")
+def report(
+    out: Annotated[Path, typer.Option(help="Markdown file to write (charts are linked relative to it).")],
+    engines_json: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="From `bench engines --json`.")] = None,
+    serve_json: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="From `bench serve --json`.")] = None,
+    engines_plot: Annotated[Path | None, typer.Option(help="Chart from `bench engines --plot` to link.")] = None,
+    serve_plot: Annotated[Path | None, typer.Option(help="Chart from `bench serve --plot` to link.")] = None,
+) -> None:  # fmt: skip
+    """Write a Markdown report of the engine and serving benchmarks."""
+    from runtime.bench.report import write_report
+
+    if engines_json is None and serve_json is None:
+        raise RuntimeUserError("give --engines-json, --serve-json or both")
+    loaded = {
+        k: json.loads(p.read_text()) if p else None for k, p in (("e", engines_json), ("s", serve_json))
+    }
+    write_report(out, loaded["e"], loaded["s"], engines_plot, serve_plot)
+    print(f"wrote {out}")
