@@ -1,4 +1,5 @@
-"""Run the fp32 graph with ONNX Runtime over calibration feeds and stream activation histograms.
+"""Run the fp32 graph with ONNX Runtime over calibration feeds and stream activation histograms (and,
+for smoothing, per-channel maxima).
 
 The graph is re-saved with the calibrated tensors (the quantisable ops' activation inputs) added
 as graph outputs, next to the original so external weight files still resolve; each feed is one
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from builder.progress import note
 from calibration.entropy import entropy_threshold
+from calibration.errors import CalibrationError
 from calibration.feeds import CalibrationSet
 from calibration.histogram import DEFAULT_BINS, AbsHistogram
 
@@ -52,6 +55,36 @@ def collect_histograms(
         if calls % 16 == 0:
             note(f"calibration: {calls} samples")
     return histograms, calls
+
+
+def collect_channel_amax(
+    graph: Path, tensors: list[str], data: CalibrationSet
+) -> tuple[dict[str, np.ndarray], int]:
+    """Per-tensor max |x| per channel (the last axis, the one a MatMul contracts) over every feed:
+    one float32 vector per tensor, whatever the sample count. Returns them and the engine calls."""
+    session = augmented_session(graph, tensors)
+    amax: dict[str, np.ndarray] = {}
+    calls = 0
+    for feed in data.feeds(session.get_inputs()):
+        outputs = session.run(tensors, feed)
+        for name, value in zip(tensors, outputs, strict=True):
+            value = np.asarray(value, np.float32)
+            if value.size == 0:
+                continue
+            peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            if not np.isfinite(peak).all():
+                raise CalibrationError(
+                    f"{name} holds inf or NaN during calibration, so it cannot be smoothed; "
+                    f"build without --smooth-alpha"
+                )
+            amax[name] = peak if name not in amax else np.maximum(amax[name], peak)
+        calls += 1
+        if calls % 16 == 0:
+            note(f"channel maxima: {calls} samples")
+    missing = [name for name in tensors if name not in amax]
+    if missing:
+        raise CalibrationError(f"{missing[0]} was empty in every calibration sample; it cannot be smoothed")
+    return amax, calls
 
 
 def thresholds_from_histograms(histograms: dict[str, AbsHistogram]) -> dict[str, float]:

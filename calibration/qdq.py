@@ -7,7 +7,8 @@ TensorRT fuses into an int8 kernel; nothing else changes, so norms, softmax, rot
 attention matmuls (activation × activation) and the embedding Gather stay in fp32. By default the
 output projection (the matmul nearest the `logits` output: lm_head) stays fp32 too, and so, in
 decoders, do the q/k/v and MLP down projections, whose inputs carry per-channel outliers (on
-SmolLM2-135M quantising them multiplies held-out perplexity by 20; see README); `--int8-sensitive`
+SmolLM2-135M quantising them multiplies held-out perplexity by 20; see README) unless smoothing
+(`--smooth-alpha`, on for q/k/v by default, calibration/smoothing.py) flattened their inputs; `--int8-sensitive`
 quantises them anyway, and `--exclude PATTERN` (a glob on node names) keeps more nodes out. ONNX Runtime's QDQ quantizer does
 the rewrite, fed with our ranges.
 
@@ -131,7 +132,10 @@ def place(
     excludes: Iterable[str] = (),
     keep_output_projection: bool = True,
     keep_sensitive: bool = True,
+    smoothed: Iterable[str] = (),
 ) -> Placement:
+    """`smoothed`: sensitive projections whose outliers smoothing moved into the weights
+    (calibration/smoothing.py); they are quantised even when `keep_sensitive` holds."""
     candidates = quantisable_nodes(model)
     if not candidates:
         raise CalibrationError(
@@ -143,8 +147,10 @@ def place(
         for name in sorted(output_projections(model) & candidates.keys()):
             excluded[name] = "output projection (lm_head) kept in higher precision"
     if keep_sensitive:
+        smoothed = set(smoothed)
         for name, why in sensitive_projections(model, candidates).items():
-            excluded.setdefault(name, why)
+            if name not in smoothed:
+                excluded.setdefault(name, why)
     for pattern in excludes:
         matched = [name for name in candidates if fnmatch.fnmatchcase(name, pattern)]
         if not matched:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from builder.cli.calibrate_cmd import CalibData, CalibSamples, Exclude, Int8Sensitive
+from builder.cli.calibrate_cmd import CalibData, CalibSamples, Exclude, Int8Sensitive, SmoothAlpha
 from builder.cli.options import MaxSeqLen, export_config
 from builder.config import Backend, BuildConfig, CalibrationConfig, Precision, TensorRTConfig
 from builder.errors import BackendUnavailableError
@@ -46,6 +46,7 @@ def build(
     calib_samples: CalibSamples = CalibrationConfig.samples,
     exclude: Exclude = None,
     int8_sensitive: Int8Sensitive = False,
+    smooth_alpha: SmoothAlpha = CalibrationConfig.smooth_alpha,
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
     from builder.build.pipeline import build as run_build
@@ -61,7 +62,9 @@ def build(
         precisions=tuple(dict.fromkeys(precision or [Precision.fp32, Precision.fp16])),
         backend=backend,
         tensorrt=TensorRTConfig(trt_opt_level, trt_workspace_gib, check_only),
-        calibration=CalibrationConfig(calib_data, calib_samples, tuple(exclude or ()), int8_sensitive),
+        calibration=CalibrationConfig(
+            calib_data, calib_samples, tuple(exclude or ()), int8_sensitive, smooth_alpha
+        ),
     )
     with stage(f"build {model_dir.name} → {out}"):
         manifest = run_build(model_dir, cfg, out, work_dir or Path("build") / model_dir.name)

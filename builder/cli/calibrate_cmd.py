@@ -35,6 +35,16 @@ Int8Sensitive = Annotated[
         "their activation outliers cost accuracy).",
     ),
 ]
+SmoothAlpha = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="SmoothQuant α: before calibration, move decoders' q/k/v input outliers into their weights "
+        "(an exact fp32 rewrite), so those projections run in int8 too (MLP down projections as well "
+        "with --int8-sensitive). 0 keeps them in higher precision instead.",
+    ),
+]
 Exclude = Annotated[
     list[str] | None,
     typer.Option(
@@ -50,6 +60,7 @@ def calibrate(
     samples: CalibSamples = CalibrationConfig.samples,
     exclude: Exclude = None,
     int8_sensitive: Int8Sensitive = False,
+    smooth_alpha: SmoothAlpha = CalibrationConfig.smooth_alpha,
     component: Annotated[
         list[str] | None,
         typer.Option(
@@ -66,7 +77,7 @@ def calibrate(
     from calibration.int8_step import calibration_set, int8_onnx_from_fp32
 
     model_dir = open_model_dir(model)
-    cfg = CalibrationConfig(data, samples, tuple(exclude or ()), int8_sensitive)
+    cfg = CalibrationConfig(data, samples, tuple(exclude or ()), int8_sensitive, smooth_alpha)
     components = [c for c in components_for(model_dir) if c.calibration is not None]
     if component:
         known = [c.name for c in components]

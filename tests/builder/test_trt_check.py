@@ -130,7 +130,7 @@ def test_every_exported_graph_is_tensorrt_compatible(built, tmp_path):
                      check=False)  # fmt: skip
     assert not (tmp_path / "never-written").exists()
     for graph in _graphs(work):
-        if ".fp32." in graph.name or ".fp16." in graph.name:
+        if graph.name.endswith((".fp32.onnx", ".fp16.onnx")):  # not the int8 path's smoothed fp32
             assert graph.name in result.stderr
             report = check_graph(graph)
             assert report.passed, [f.line() for f in report.errors]

@@ -29,16 +29,15 @@ def test_int8_engine_manifest_cache_and_graph_agree(glm4v_tiny_int8_engines):
     summary = entry.calibration
     assert summary["samples"] == 64 and summary["method"].startswith("entropy")
     assert len(summary["data_sha256"]) == 64
-    # The default policy: lm_head, and per layer q/k/v and the MLP down projection, stay float.
+    # The default policy: q/k/v are smoothed and run in int8; lm_head and each layer's MLP down
+    # projection stay float.
     layers = manifest.decoder["num_layers"]
     reasons = sorted(summary["excluded_nodes"].values())
     assert reasons.count("output projection (lm_head) kept in higher precision") == 1
-    assert (
-        reasons.count("attention q/k/v projection (activation outliers) kept in higher precision")
-        == 3 * layers
-    )
     assert reasons.count("MLP down projection (activation outliers) kept in higher precision") == layers
-    assert len(reasons) == 1 + 4 * layers
+    assert len(reasons) == 1 + layers
+    assert summary["smoothing"]["alpha"] == 0.8
+    assert len(summary["smoothing"]["smoothed_nodes"]) == 3 * layers
     version, algorithm, scales = read_cache(engines / summary["cache_file"])
     assert algorithm == "EntropyCalibration2" and version > 100000
     assert len(scales) > 0
