@@ -37,6 +37,18 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def matching_record(path: Path, wanted: dict) -> dict | None:
+    """The JSON record at `path` when it holds every key of `wanted` with that value, else None
+    (missing, unreadable, or made from other inputs): how build steps tell they are up to date."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in wanted.items()):
+        return None
+    return record
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

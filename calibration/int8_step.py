@@ -14,7 +14,6 @@ under temporary names and renamed, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import onnx
 
 from builder.config import CalibrationConfig
-from builder.manifest import sha256_file, write_json_atomic
+from builder.manifest import matching_record, sha256_file, write_json_atomic
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from calibration.collect import (
@@ -66,13 +65,6 @@ def calibration_set(component, model_dir: ModelDir, cfg: CalibrationConfig) -> C
     return component.calibration(model_dir, cfg)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def thresholds_from_fp32(
     name: str, fp32: Path, fp32_hash: str, data: CalibrationSet, work: Path, record: Path | None = None
 ) -> tuple[dict[str, float], dict]:
@@ -84,8 +76,8 @@ def thresholds_from_fp32(
         "calibrator_version": CALIBRATOR_VERSION,
         "method": METHOD,
     }
-    previous = _read_json(record)
-    if previous and {k: previous.get(k) for k in wanted} == wanted:
+    previous = matching_record(record, wanted)
+    if previous:
         note(f"{name} calibration up to date: {record}")
         return previous["thresholds"], previous
     model = onnx.load(str(fp32), load_external_data=False)
@@ -120,12 +112,8 @@ def channel_amax_from_fp32(
     reused (whatever α) while the fp32 graph and the data are unchanged."""
     record = work / f"{name}.channel_amax.json"
     wanted = {"fp32_sha256": fp32_hash, "data_sha256": data.digest, "smooth_version": SMOOTH_VERSION}
-    previous = _read_json(record)
-    if (
-        previous
-        and {k: previous.get(k) for k in wanted} == wanted
-        and set(plan.tensors) <= set(previous["amax"])
-    ):
+    previous = matching_record(record, wanted)
+    if previous and set(plan.tensors) <= set(previous["amax"]):
         note(f"{name} channel maxima up to date: {record}")
         return {t: np.asarray(previous["amax"][t], np.float32) for t in plan.tensors}
     with stage(f"channel maxima {name}: {len(plan.tensors)} tensors over {data.description}"):
@@ -154,8 +142,8 @@ def smoothed_fp32(
         "alpha": alpha,
         "kinds": list(kinds),
     }
-    previous = _read_json(record)
-    if graph.is_file() and previous and {k: previous.get(k) for k in wanted} == wanted:
+    previous = matching_record(record, wanted)
+    if graph.is_file() and previous:
         note(f"{name} smoothed fp32 ONNX up to date: {graph}")
         summary = previous["summary"]
         return SmoothedGraph(graph, previous["sha256"], tuple(summary["smoothed_nodes"]), summary)
@@ -223,8 +211,8 @@ def int8_onnx_from_fp32(
             "smoothed_sha256": smoothing.sha256,
         },
     }
-    previous = _read_json(record)
-    if graph.is_file() and cache.is_file() and previous and {k: previous.get(k) for k in wanted} == wanted:
+    previous = matching_record(record, wanted)
+    if graph.is_file() and cache.is_file() and previous:
         note(f"{name} int8 ONNX up to date: {graph}")
         return Int8Graph(graph, cache, previous["summary"])
 

@@ -26,7 +26,7 @@ from builder.build.tensorrt_engine import (
 )
 from builder.config import Backend, BuildConfig, ExportConfig, Precision
 from builder.errors import ExportError
-from builder.manifest import EngineEntry, Manifest, TensorSpec, sha256_file, write_json_atomic
+from builder.manifest import EngineEntry, Manifest, TensorSpec, matching_record, sha256_file, write_json_atomic
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from builder.trt_check import check_graph
@@ -49,13 +49,6 @@ def resolve_backend(requested: Backend) -> Backend:
     return Backend.tensorrt if tensorrt_available() and torch.cuda.is_available() else Backend.onnxruntime
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def fp32_onnx_from_model(
     component: Component,
     load_model: Callable[[], object],
@@ -70,8 +63,7 @@ def fp32_onnx_from_model(
     if component.inputs_hash is not None:
         source_hash = f"{source_hash}+{component.inputs_hash(model_dir)}"
     wanted = {"format": component.export_format, "source_hash": source_hash, "config": cfg.as_dict()}
-    previous = _read_json(record)
-    if graph.is_file() and previous and {k: previous.get(k) for k in wanted} == wanted:
+    if graph.is_file() and matching_record(record, wanted):
         note(f"{name} fp32 ONNX up to date: {graph}")
         return graph
 
@@ -102,7 +94,7 @@ def precision_onnx_from_fp32(
     from builder.precision import PASS_VERSION, fp16_from_fp32
 
     wanted = {"fp32_sha256": fp32_hash, "pass_version": PASS_VERSION}
-    if graph.is_file() and _read_json(record) == wanted:
+    if graph.is_file() and matching_record(record, wanted):
         note(f"{name} {precision.value} ONNX up to date: {graph}")
         return graph
 
