@@ -6,8 +6,10 @@ admits new requests between steps builds on the same PagedTextDecoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,11 +26,53 @@ COMPONENT = "text_decoder"
 
 
 @dataclass(frozen=True)
+class GenerationTimings:
+    """Measured speed of one prompt (time.perf_counter around the real engine steps).
+
+    Prompts that run as one batch share each engine call, so each is charged the wall time of the
+    calls it took part in: the one prefill call, and the decode steps while it was still generating.
+    Rates are per sequence; the sum over a batch's prompts is the batch's throughput.
+    """
+
+    load_s: float  # loading the text decoder engine (once per generator)
+    batch: int  # prompts that shared the engine calls
+    prompt_tokens: int
+    prefill_ms: float  # the prefill call (which also yields the first generated token)
+    prefill_tokens_per_s: float  # prompt_tokens / prefill time
+    generated_tokens: int
+    decode_ms: float  # the decode steps that produced tokens 2..generated_tokens
+    decode_tokens_per_s: float | None  # (generated_tokens - 1) / decode time; None with one token
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        decode = (
+            f"decode {self.generated_tokens - 1} tokens in {self.decode_ms:.1f} ms "
+            f"({self.decode_tokens_per_s:.1f} tok/s)"
+            if self.decode_tokens_per_s is not None
+            else "decode 0 tokens"
+        )
+        return (
+            f"load {self.load_s:.2f} s, prefill {self.prompt_tokens} tokens in {self.prefill_ms:.1f} ms "
+            f"({self.prefill_tokens_per_s:.1f} tok/s), {decode}, {self.generated_tokens} generated, "
+            f"batch {self.batch}"
+        )
+
+
+class Generated(NamedTuple):
+    token_ids: list[int]
+    finish_reason: str
+    timings: GenerationTimings
+
+
+@dataclass(frozen=True)
 class Completion:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str
     finish_reason: str  # "stop" (a stop token was produced, and is included) or "length"
+    timings: GenerationTimings | None = None
 
 
 def choose_precision(manifest: Manifest, requested: str) -> str:
@@ -42,7 +86,9 @@ class TextGenerator:
         self.manifest = Manifest.load(engines_dir)
         self.precision = choose_precision(self.manifest, precision)
         self.limits = DecoderLimits.from_manifest(self.manifest.decoder)
+        start = time.perf_counter()
         engine = load_engine(self.manifest, engines_dir, COMPONENT, self.precision, threads=threads)
+        self.load_s = time.perf_counter() - start
         self.tokenizer = TextTokenizer(engines_dir / self.manifest.tokenizer_dir)
         self.engines_dir, self.threads = engines_dir, threads
         self._media = None  # (LocalEncoders, MultimodalPromptBuilder), made on first media prompt
@@ -66,15 +112,23 @@ class TextGenerator:
     def generate_ids(
         self, prompts: list[list[int]] | list[PreparedPrompt], params: SamplingParams
     ) -> list[tuple[list[int], str]]:
+        """(token ids, finish reason) per prompt; `generate_timed` adds each prompt's timings."""
+        return [(out.token_ids, out.finish_reason) for out in self.generate_timed(prompts, params)]
+
+    def generate_timed(
+        self, prompts: list[list[int]] | list[PreparedPrompt], params: SamplingParams
+    ) -> list[Generated]:
         prompts = [p if isinstance(p, PreparedPrompt) else PreparedPrompt(list(p)) for p in prompts]
         for prompt in prompts:
             self.check_prompt(prompt.token_ids)
-        results: list[tuple[list[int], str]] = []
+        results: list[Generated] = []
         for start in range(0, len(prompts), self.limits.max_batch):
             results += self._generate_batch(prompts[start : start + self.limits.max_batch], params, start)
         return results
 
-    def _generate_batch(self, prompts: list[PreparedPrompt], params: SamplingParams, offset: int):
+    def _generate_batch(
+        self, prompts: list[PreparedPrompt], params: SamplingParams, offset: int
+    ) -> list[Generated]:
         ids = [f"seq-{offset + i}" for i in range(len(prompts))]
         # Each row gets its own generator so a seeded batch samples like the same prompts alone.
         generators = [
@@ -83,15 +137,24 @@ class TextGenerator:
         ]
         outputs: list[list[int]] = [[] for _ in prompts]
         finish: list[str | None] = [None] * len(prompts)
+        prefill_s, decode_s = 0.0, [0.0] * len(prompts)  # wall time of the steps each row took part in
         try:
             pending = [p.prefill_input(rid) for rid, p in zip(ids, prompts, strict=True)]
             rows = list(range(len(prompts)))
+            first = True
             while pending:
+                start = time.perf_counter()  # one step: slots, engine call, K/V write, sampling
                 for item in pending:
                     if self.kv.allocate_slots(item.request_id, item.past_len + len(item.token_ids)) is None:
                         raise RuntimeUserError("the KV pool is too small for this batch; use fewer prompts")
                 logits = self.decoder.step(pending)
                 tokens = self.sampler.sample(logits, [params] * len(rows), [generators[r] for r in rows])
+                elapsed = time.perf_counter() - start
+                if first:
+                    prefill_s, first = elapsed, False
+                else:
+                    for row in rows:
+                        decode_s[row] += elapsed
                 next_pending, next_rows = [], []
                 for item, row, token in zip(pending, rows, tokens.tolist(), strict=True):
                     outputs[row].append(token)
@@ -107,7 +170,25 @@ class TextGenerator:
         finally:
             for rid in ids:
                 self.kv.free(rid)
-        return [(out, reason or "length") for out, reason in zip(outputs, finish, strict=True)]
+        return [
+            Generated(out, reason or "length", self._timings(len(prompts), len(p), prefill_s, len(out), dec))
+            for p, out, reason, dec in zip(prompts, outputs, finish, decode_s, strict=True)
+        ]
+
+    def _timings(
+        self, batch: int, prompt_tokens: int, prefill_s: float, generated: int, decode_s: float
+    ) -> GenerationTimings:
+        decoded = generated - 1  # the first token comes from the prefill call
+        return GenerationTimings(
+            load_s=round(self.load_s, 4),
+            batch=batch,
+            prompt_tokens=prompt_tokens,
+            prefill_ms=round(prefill_s * 1000, 3),
+            prefill_tokens_per_s=round(prompt_tokens / prefill_s, 2),
+            generated_tokens=generated,
+            decode_ms=round(decode_s * 1000, 3),
+            decode_tokens_per_s=round(decoded / decode_s, 2) if decoded > 0 else None,
+        )
 
     def generate(
         self, prompts: list[str], params: SamplingParams, chat: bool = False, system: str | None = None
@@ -115,10 +196,12 @@ class TextGenerator:
         if not params.stop_token_ids:
             params = replace(params, stop_token_ids=self.tokenizer.stop_token_ids)
         encoded = [self.tokenizer.encode(text, chat=chat, system=system) for text in prompts]
-        results = self.generate_ids(encoded, params)
+        results = self.generate_timed(encoded, params)
         return [
-            Completion(prompt, tokens, self.tokenizer.decode(tokens), reason)
-            for prompt, (tokens, reason) in zip(encoded, results, strict=True)
+            Completion(
+                prompt, out.token_ids, self.tokenizer.decode(out.token_ids), out.finish_reason, out.timings
+            )
+            for prompt, out in zip(encoded, results, strict=True)
         ]
 
     @property
@@ -163,10 +246,16 @@ class TextGenerator:
         if not params.stop_token_ids:
             params = replace(params, stop_token_ids=self.tokenizer.stop_token_ids)
         prepared = [self.prepare_media(text, images, audios, system) for text in prompts]
-        results = self.generate_ids(prepared, params)
+        results = self.generate_timed(prepared, params)
         return [
-            Completion(prompt.token_ids, tokens, self.tokenizer.decode(tokens), reason)
-            for prompt, (tokens, reason) in zip(prepared, results, strict=True)
+            Completion(
+                prompt.token_ids,
+                out.token_ids,
+                self.tokenizer.decode(out.token_ids),
+                out.finish_reason,
+                out.timings,
+            )
+            for prompt, out in zip(prepared, results, strict=True)
         ]
 
     def score(self, token_ids: list[int]) -> np.ndarray:

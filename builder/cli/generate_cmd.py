@@ -1,8 +1,10 @@
-"""`autoglm-trt generate`: completions on stdout (logs on stderr), or JSON with --json."""
+"""`autoglm-trt generate`: completions on stdout (logs and one timings line per prompt on stderr),
+or JSON with --json (the timings as a `timings` object per prompt)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -51,11 +53,14 @@ def generate(
         completions = generator.generate_media(prompt, images, audios, params, system=system)
     else:
         completions = generator.generate(prompt, params, chat=chat, system=system)
-    for completion in completions:
+    for number, completion in enumerate(completions, 1):
+        timings = completion.timings
         if as_json:
-            print(json.dumps({**completion.__dict__, "precision": generator.precision}, ensure_ascii=False))
+            record = {**completion.__dict__, "precision": generator.precision, "timings": timings.as_dict()}
+            print(json.dumps(record, ensure_ascii=False))
         else:
-            print(completion.text)
+            print(completion.text, flush=True)
+            print(f"timings (prompt {number}): {timings.line()}", file=sys.stderr, flush=True)
 
 
 def _read_media(paths: list[Path], kind: str) -> list[bytes]:
