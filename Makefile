@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CLI := $(BIN)/autoglm-trt
 MODEL ?= smollm2-135m
-PRECISIONS ?= fp32 fp16 int8
+PRECISIONS ?= fp32 fp16 int8 int4
 BACKEND ?= onnxruntime
 STAMP := $(VENV)/.setup-stamp
 
@@ -29,7 +29,7 @@ build-engine: $(STAMP) models/$(MODEL)
 	$(CLI) build --model models/$(MODEL) $(addprefix --precision ,$(PRECISIONS)) \
 		--backend $(BACKEND) --out engines/$(MODEL)
 
-# tritonserver + the OpenAI gateway on 127.0.0.1:8000 until Ctrl-C; precision auto = int8 > fp16 > fp32.
+# tritonserver + the OpenAI gateway on 127.0.0.1:8000 until Ctrl-C; precision auto = int4 > int8 > fp16 > fp32.
 # Extra options: make serve SERVE_ARGS="--port 9000 --api-key KEY".
 serve: build-engine
 	$(CLI) serve --engines engines/$(MODEL) $(SERVE_ARGS)

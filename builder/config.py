@@ -11,6 +11,15 @@ class Precision(enum.StrEnum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
+    int4 = "int4"  # W4A16: block-wise int4 weights (calibration/int4_step.py)
+
+
+class Int4Method(enum.StrEnum):
+    awq = "awq"  # activation-aware per-channel scales folded into the producer, then RTN (calibration/awq.py)
+    rtn = "rtn"  # round to nearest per block, no calibration data
+
+
+INT4_BLOCK_SIZES = (32, 64, 128)
 
 
 class Backend(enum.StrEnum):
@@ -56,6 +65,9 @@ class CalibrationConfig:
     # SmoothQuant α for decoders' q/k/v projections (calibration/smoothing.py), which then run in
     # int8; 0: off. 0.8 measured best on SmolLM2-135M (README, INT8).
     smooth_alpha: float = 0.8
+    # int4 (W4A16): weights in blocks of `int4_block_size` along the contracted axis, symmetric
+    int4_block_size: int = 32
+    int4_method: Int4Method = Int4Method.awq
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,10 @@ from calibration.histogram import DEFAULT_BINS
 from calibration.qdq import place, qdq_from_fp32
 from calibration.smoothing import DOWN, QKV, SmoothPlan, smoothed_from_fp32, smoothing_plan
 from calibration.trt_cache import write_cache
+from calibration.weight_only import INT8, weight_only
 
 CALIBRATOR_VERSION = 1  # bump when histograms or the threshold search change
-QDQ_VERSION = 3  # bump when the Q/DQ placement or rewrite changes
+QDQ_VERSION = 4  # bump when the Q/DQ placement or rewrite changes
 SMOOTH_VERSION = 1  # bump when the channel maxima, the scale formula or the smoothing rewrite change
 SMOOTH_METHOD = (
     "SmoothQuant: s_j = max|X_j|^α / max|W_j,:|^(1−α); 1/s folded into the norm weight or up projection"
@@ -171,6 +172,18 @@ def smoothed_fp32(
     return SmoothedGraph(graph, digest, plan.smoothed, summary)
 
 
+def weight_only_int8(graph: Path) -> dict:
+    """Give the nodes the Q/DQ rewrite left float int8 weights (W8A16), in place; the tied
+    embedding table is stored once (calibration/weight_only.py)."""
+    model = onnx.load(str(graph))
+    report = weight_only(model, INT8)
+    if sum(len(init.raw_data) for init in model.graph.initializer) > 1.8e9:
+        onnx.save(model, str(graph), save_as_external_data=True, location=f"{graph.name}.data")
+    else:
+        onnx.save(model, str(graph))
+    return report.as_dict()
+
+
 def int8_onnx_from_fp32(
     component,
     model_dir: ModelDir,
@@ -230,6 +243,7 @@ def int8_onnx_from_fp32(
         tmp = work / f".{graph.name}.tmp"
         try:
             qdq_from_fp32(source, thresholds, placement, tmp)
+            weights = weight_only_int8(tmp)
             write_cache(cache, {t: scale_from_threshold(thresholds[t]) for t in placement.tensors})
             os.replace(tmp, graph)
         finally:
@@ -244,6 +258,9 @@ def int8_onnx_from_fp32(
         "weights": "int8 per-channel symmetric",
         "quantized_nodes": len(placement.quantised),
         "excluded_nodes": placement.excluded,
+        "weight_only": "int8 per-channel symmetric weights, float activations, on every excluded "
+        "MatMul/Gemm with a constant weight (lm_head included; a tied embedding stored once)",
+        **weights,
     }
     if smoothing is not None:
         summary["smoothing"] = smoothing.summary

@@ -10,7 +10,13 @@ is folded into whatever produces X, so no node is added:
   `Mul(weight, normed)` — its weight initializer is divided by s; the max over W's row j runs
   over all the consumers' weights, and each consumer's row j is multiplied by s;
 - MLP down projection (reading silu(gate) · up): the up projection's weight columns are divided
-  by s (scaling up's output scales the product), and down's rows are multiplied by s.
+  by s (scaling up's output scales the product), and down's rows are multiplied by s;
+- MLP gate/up projections (one or two projections reading the post-attention RMSNorm; GLM's fused
+  gate_up is one): folded into that norm's weight like q/k/v. Not a SmoothQuant site (int8 keeps
+  these projections W8A8 unsmoothed); AWQ (calibration/awq.py) scales it.
+
+The fold (`fold_scales`) is shared: SmoothQuant computes s from channel maxima (`smooth`), AWQ
+searches it per site; both apply it the same way.
 
 A projection is smoothed only when the pattern holds exactly in the graph (the producer's output
 feeds only those projections, the weights are initializers used once, the shapes agree); any
@@ -27,20 +33,21 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibration.qdq import quantisable_nodes, sensitive_projections
+from calibration.qdq import output_projections, quantisable_nodes, sensitive_projections
 
 MIN_SCALE, MAX_SCALE = 1e-3, 1e3  # s outside this range means a degenerate channel, not an outlier
-QKV, DOWN = "attention q/k/v", "MLP down projection"
+QKV, DOWN, GATE_UP = "attention q/k/v", "MLP down projection", "MLP gate/up projection"
+NORM_FOLDED = (QKV, GATE_UP)  # kinds whose 1/s goes into a norm weight (the rest: up's columns)
 
 
 @dataclass(frozen=True)
 class SmoothTarget:
     """One smoothing site: consumers' input tensor, the consumers, and where 1/s is folded."""
 
-    kind: str  # QKV or DOWN
+    kind: str  # QKV, DOWN or GATE_UP
     activation: str  # the consumers' shared input tensor; its per-channel max is calibrated
     consumers: tuple[str, ...]  # MatMul node names; their weights' row j takes s_j
-    producer: str  # RMSNorm weight Mul (q/k/v) or up-projection MatMul (down)
+    producer: str  # RMSNorm weight Mul (q/k/v, gate/up) or up-projection MatMul (down)
     fold: str  # initializer that takes 1/s: the norm weight (last axis) or up's weight (axis 1)
 
 
@@ -59,8 +66,9 @@ class SmoothPlan:
 
 
 def smoothing_plan(model: onnx.ModelProto, kinds: tuple[str, ...] = (QKV, DOWN)) -> SmoothPlan:
-    """Find the smoothing sites of `kinds` among the decoder's sensitive projections
-    (qdq.sensitive_projections); those of other kinds are left as they are (and stay float)."""
+    """Find the smoothing sites of `kinds`: q/k/v and down among the decoder's sensitive projections
+    (qdq.sensitive_projections), gate/up among the other projections reading a norm's weight Mul
+    (never the output projection); sites of other kinds are left as they are."""
     g = model.graph
     candidates = quantisable_nodes(model)
     sensitive = sensitive_projections(model, candidates)
@@ -75,10 +83,22 @@ def smoothing_plan(model: onnx.ModelProto, kinds: tuple[str, ...] = (QKV, DOWN))
     groups: dict[str, list[str]] = {}
     for name in sensitive:
         groups.setdefault(candidates[name], []).append(name)
+    if GATE_UP in kinds:
+        lm_head = output_projections(model)
+        others: dict[str, list[str]] = {}
+        for name, tensor in candidates.items():
+            if name not in sensitive and name not in lm_head and tensor not in groups:
+                others.setdefault(tensor, []).append(name)
+        for tensor, names in others.items():
+            source = producer.get(tensor)
+            norm = source is not None and source.op_type == "Mul" and any(x in inits for x in source.input)
+            if len(names) <= 2 and norm:  # a norm's weight Mul (checked in _match)
+                groups[tensor] = names
 
     targets, unmatched = [], {}
     for tensor, names in groups.items():
-        kind = DOWN if "MLP down" in sensitive[names[0]] else QKV
+        why = sensitive.get(names[0], "")
+        kind = DOWN if "MLP down" in why else QKV if why else GATE_UP
         if kind not in kinds:
             continue
         match = _match(kind, tensor, names, nodes, producer, readers, inits, outputs)
@@ -110,7 +130,7 @@ def _match(kind, tensor, names, nodes, producer, readers, inits, outputs) -> Smo
     source = producer.get(tensor)
     if source is None or source.op_type != "Mul":
         return f"{tensor} is not produced by a Mul"
-    if kind == QKV:  # RMSNorm: Mul(weight [C], normed) with the weight a constant
+    if kind in NORM_FOLDED:  # RMSNorm: Mul(weight [C], normed) with the weight a constant
         constant = [x for x in source.input if x in inits]
         if len(constant) != 1 or len(source.input) != 2:
             return f"{source.name} is not a Mul by one weight initializer (the norm's scale)"
@@ -149,18 +169,27 @@ def smoothing_scales(activation_amax: np.ndarray, weights: Iterable[np.ndarray],
     return np.clip(s, MIN_SCALE, MAX_SCALE).astype(np.float32)
 
 
+def fold_scales(model: onnx.ModelProto, target: SmoothTarget, s: np.ndarray) -> None:
+    """X' = X / s, W' = diag(s) · W at one site, in place (exact in real arithmetic): the consumers'
+    weight rows are multiplied by s, the producer's fold initializer divided by it."""
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    for name in target.consumers:
+        weight = inits[nodes[name].input[1]]
+        _replace(weight, numpy_helper.to_array(weight) * s[:, None])
+    fold = numpy_helper.to_array(inits[target.fold])
+    _replace(inits[target.fold], fold / (s if target.kind in NORM_FOLDED else s[None, :]))
+
+
 def smooth(model: onnx.ModelProto, plan: SmoothPlan, amax: dict[str, np.ndarray], alpha: float) -> dict:
     """Apply the plan in place (the model must hold its weights). Returns per-site scale statistics."""
     inits = {i.name: i for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     stats = {}
     for target in plan.targets:
-        weights = {name: numpy_helper.to_array(inits[nodes[name].input[1]]) for name in target.consumers}
-        s = smoothing_scales(amax[target.activation], weights.values(), alpha)
-        for name, w in weights.items():
-            _replace(inits[nodes[name].input[1]], w * s[:, None])
-        fold = numpy_helper.to_array(inits[target.fold])
-        _replace(inits[target.fold], fold / (s if target.kind == QKV else s[None, :]))
+        weights = [numpy_helper.to_array(inits[nodes[name].input[1]]) for name in target.consumers]
+        s = smoothing_scales(amax[target.activation], weights, alpha)
+        fold_scales(model, target, s)
         stats[target.activation] = {
             "kind": target.kind,
             "fold": target.fold,

@@ -10,13 +10,13 @@ from runtime.engines.base import Engine
 from runtime.errors import EngineDirError, MissingEncoderError, StaleEngineError
 
 TEXT_DECODER = "text_decoder"
-PRECISION_PREFERENCE = ("int8", "fp16", "fp32")  # what `auto` takes: the smallest engine built
+PRECISION_PREFERENCE = ("int4", "int8", "fp16", "fp32")  # what `auto` takes: the smallest engine built
 
 
 def choose_component_precision(manifest: Manifest, component: str, requested: str) -> str:
-    """The precision to load for `component`. `auto` takes the first built of int8 > fp16 > fp32.
+    """The precision to load for `component`. `auto` takes the first built of int4 > int8 > fp16 > fp32.
     The text decoder gets exactly what was asked (select_entry names what is built if it is not);
-    an encoder may lack a precision the decoder has (e.g. int8) and falls back the same way, since
+    an encoder may lack a precision the decoder has (e.g. int8 or int4) and falls back the same way, since
     any encoder precision feeds any decoder."""
     built = manifest.precisions(component)
     if requested in built or (component == TEXT_DECODER and requested != "auto"):

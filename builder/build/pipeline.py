@@ -7,7 +7,6 @@ Each writes to a temporary name and renames, so an interrupted build leaves noth
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -24,9 +23,16 @@ from builder.build.tensorrt_engine import (
     trt_engine_from_onnx,
     trt_step_options,
 )
-from builder.config import Backend, BuildConfig, ExportConfig, Precision
+from builder.config import Backend, BuildConfig, ExportConfig, Int4Method, Precision
 from builder.errors import ExportError
-from builder.manifest import EngineEntry, Manifest, TensorSpec, matching_record, sha256_file, write_json_atomic
+from builder.manifest import (
+    EngineEntry,
+    Manifest,
+    TensorSpec,
+    matching_record,
+    sha256_file,
+    write_json_atomic,
+)
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from builder.trt_check import check_graph
@@ -182,14 +188,26 @@ def int8_onnx(component: Component, model_dir, fp32: Path, fp32_hash: str, cfg: 
     return int8.graph, int8.summary
 
 
+def int4_onnx(component: Component, fp32: Path, fp32_hash: str, cfg: BuildConfig, work: Path,
+              data) -> tuple[Path, dict]:  # fmt: skip
+    """The int4 weight-only graph and its summary (method, block size, α per AWQ site)."""
+    from calibration.int4_step import int4_onnx_from_fp32
+
+    awq = cfg.calibration.int4_method is Int4Method.awq
+    int4 = int4_onnx_from_fp32(component.name, fp32, fp32_hash, cfg.calibration, work, data if awq else None)
+    return int4.graph, int4.summary
+
+
 def _calibration_sets(components: list[Component], model_dir: ModelDir, cfg: BuildConfig) -> dict:
-    """Each int8 component's calibration data, read (and checked) before minutes of export."""
-    if Precision.int8 not in cfg.precisions:
+    """Each calibrated component's data (int8, and int4 by AWQ), read and checked before minutes of
+    export. Without a calibration hook a component's int8 engine is skipped; its int4 is RTN."""
+    awq = Precision.int4 in cfg.precisions and cfg.calibration.int4_method is Int4Method.awq
+    if Precision.int8 not in cfg.precisions and not awq:
         return {}
     from calibration.int8_step import calibration_set
 
     for component in components:
-        if component.calibration is None:
+        if component.calibration is None and Precision.int8 in cfg.precisions:
             note(f"{component.name} has no int8 calibration yet: its int8 engine is skipped")
     return {c.name: calibration_set(c, model_dir, cfg.calibration) for c in components if c.calibration}
 
@@ -271,6 +289,9 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
                     continue
                 graph, calibration = int8_onnx(component, model_dir, fp32, fp32_hash, cfg, work,
                                                None if check_only else out, calibration_sets[component.name])  # fmt: skip
+            elif precision is Precision.int4:
+                graph, calibration = int4_onnx(component, fp32, fp32_hash, cfg, work,
+                                               calibration_sets.get(component.name))  # fmt: skip
             else:
                 graph = precision_onnx_from_fp32(component, fp32, fp32_hash, precision, work)
             if check_only:  # TensorRT consumes this pre-optimizer graph: check it instead of building

@@ -9,10 +9,19 @@ import typer
 
 from builder.cli.calibrate_cmd import CalibData, CalibSamples, Exclude, Int8Sensitive, SmoothAlpha
 from builder.cli.options import MaxSeqLen, export_config
-from builder.config import Backend, BuildConfig, CalibrationConfig, Precision, TensorRTConfig
+from builder.config import (
+    INT4_BLOCK_SIZES,
+    Backend,
+    BuildConfig,
+    CalibrationConfig,
+    Int4Method,
+    Precision,
+    TensorRTConfig,
+)
 from builder.errors import BackendUnavailableError
 from builder.model_dir import open_model_dir
 from builder.progress import console, stage
+from calibration.errors import CalibrationError
 
 
 def build(
@@ -47,6 +56,18 @@ def build(
     exclude: Exclude = None,
     int8_sensitive: Int8Sensitive = False,
     smooth_alpha: SmoothAlpha = CalibrationConfig.smooth_alpha,
+    int4_block_size: Annotated[
+        int,
+        typer.Option(
+            help=f"int4: weights per scale along the contracted axis, one of {', '.join(map(str, INT4_BLOCK_SIZES))}."
+        ),
+    ] = CalibrationConfig.int4_block_size,
+    int4_method: Annotated[
+        Int4Method,
+        typer.Option(
+            help="int4: awq scales salient input channels from the calibration data; rtn rounds as is."
+        ),
+    ] = CalibrationConfig.int4_method,
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
     from builder.build.pipeline import build as run_build
@@ -56,6 +77,11 @@ def build(
             f"--check-only checks graphs for the TensorRT backend, but --backend is {backend.value}; "
             "add --backend tensorrt"
         )
+    if int4_block_size not in INT4_BLOCK_SIZES:
+        raise CalibrationError(
+            f"--int4-block-size {int4_block_size} is not supported; use one of "
+            f"{', '.join(map(str, INT4_BLOCK_SIZES))} (smaller blocks: more accurate, more scales to store)"
+        )
     model_dir = open_model_dir(model)
     cfg = BuildConfig(
         export=export_config(model_dir, max_seq_len),
@@ -63,7 +89,13 @@ def build(
         backend=backend,
         tensorrt=TensorRTConfig(trt_opt_level, trt_workspace_gib, check_only),
         calibration=CalibrationConfig(
-            calib_data, calib_samples, tuple(exclude or ()), int8_sensitive, smooth_alpha
+            calib_data,
+            calib_samples,
+            tuple(exclude or ()),
+            int8_sensitive,
+            smooth_alpha,
+            int4_block_size,
+            int4_method,
         ),
     )
     with stage(f"build {model_dir.name} → {out}"):

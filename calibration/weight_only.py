@@ -1,0 +1,283 @@
+"""Weight-only quantisation: a DequantizeLinear on a constant weight, the activation left float.
+
+Two schemes, both symmetric (no zero point, so TensorRT can fuse them; ORT's engine step turns them
+into MatMulNBits / GatherBlockQuantized):
+
+- int8 per channel: `DequantizeLinear(Wq int8 [K, N], scale float32 [N], axis=1)` → MatMul
+  (for Gemm with transB the weight is [N, K] and the axis 0), scale = max|W[:, n]| / 127;
+- int4 per block along the contracted axis K: `DequantizeLinear(Wq int4 [K, N], scale float32
+  [ceil(K/bs), N], axis=0, block_size=bs)` → MatMul, scale = max|block| / 7, values in [-7, 7]
+  (-8 is never used, so the grid is symmetric); a K not divisible by bs has a shorter last block,
+  which the ONNX spec allows (scale rows = ceil(K/bs)).
+
+The tied embedding (lm_head's weight [H, V] equal to the transpose of the embedding Gather's
+table [V, H], as the dynamo export writes SmolLM2) is stored once, per vocab row:
+    Tq [V, H] → DequantizeLinear (`<T>_dq`) → Gather(·, input_ids)            (embedding)
+                                           → Transpose(perm=[1, 0]) → MatMul   (lm_head)
+int8: scale [V], axis 0; int4: blocks along H, scale [V, ceil(H/bs)], axis 1. Untied embedding
+tables stay float; their lm_head is quantised like any other weight.
+
+Naming: a weight initializer W becomes `W_q` (int8/int4) and `W_scale` (float32), read by the node
+`W_DequantizeLinear` whose output is `W_dq`. The tied lm_head keeps the export's own
+`Transpose(T)` (now reading `T_dq`); where the export stored a transposed copy instead, the copy
+is dropped and a new `T_dq_Transpose` node (output `T_dq_T`) feeds the lm_head.
+Weights with fewer than MIN_ELEMENTS values (biases are never touched) stay float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+INT8_MAX, INT4_MAX = 127, 7
+MIN_ELEMENTS = 1024  # smaller weights (e.g. a 2-D bias-like constant) gain nothing from int8/int4
+WEIGHT_OPS = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """int8 per output channel (block_size 0) or int4 in blocks of `block_size` along K."""
+
+    bits: int  # 8 or 4
+    block_size: int = 0  # int4 only
+
+    def __post_init__(self) -> None:
+        assert (self.bits, self.block_size > 0) in ((8, False), (4, True)), self
+
+
+INT8 = Scheme(8)
+
+
+# ---------------------------------------------------------------- numerics (pure numpy)
+
+
+def quantise_int8(w: np.ndarray, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 per channel along `channel_axis` of a 2-D weight: (q int8, scale float32 [C])."""
+    w = np.asarray(w, np.float32)
+    reduce = 1 - channel_axis
+    amax = np.abs(w).max(axis=reduce)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / np.expand_dims(scale, reduce)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+def quantise_int4(w: np.ndarray, block_size: int, block_axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """int4 symmetric in blocks of `block_size` along `block_axis` of a 2-D weight.
+    Returns (q int8 holding values in [-7, 7], same shape as w; scale float32 with the blocked axis
+    of length ceil(K / block_size))."""
+    w = np.asarray(w, np.float32)
+    moved = np.moveaxis(w, block_axis, 0)  # [K, N]
+    k, n = moved.shape
+    blocks = -(-k // block_size)
+    padded = np.zeros((blocks * block_size, n), np.float32)
+    padded[:k] = moved
+    amax = np.abs(padded.reshape(blocks, block_size, n)).max(axis=1)  # [blocks, N]
+    scale = np.where(amax > 0, amax / INT4_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(moved / np.repeat(scale, block_size, axis=0)[:k]), -INT4_MAX, INT4_MAX)
+    return np.moveaxis(q.astype(np.int8), 0, block_axis), np.moveaxis(scale, 0, block_axis)
+
+
+def dequantise(q: np.ndarray, scale: np.ndarray, axis: int, block_size: int = 0) -> np.ndarray:
+    """DequantizeLinear's maths (zero point 0): per channel when block_size is 0, else per block."""
+    q = np.asarray(q, np.float32)
+    if not block_size:
+        return q * np.expand_dims(scale, 1 - axis)
+    full = np.repeat(scale, block_size, axis=axis)
+    return q * np.take(full, np.arange(q.shape[axis]), axis=axis)
+
+
+def fake_quantise(w: np.ndarray, scheme: Scheme, contracted_axis: int = 0) -> np.ndarray:
+    """W after quantise + dequantise: what the graph computes with (for error searches and tests)."""
+    if scheme.bits == 8:
+        q, scale = quantise_int8(w, 1 - contracted_axis)
+        return dequantise(q, scale, 1 - contracted_axis)
+    q, scale = quantise_int4(w, scheme.block_size, contracted_axis)
+    return dequantise(q, scale, contracted_axis, scheme.block_size)
+
+
+# ---------------------------------------------------------------- ONNX tensors and nodes
+
+
+def int4_tensor(name: str, q: np.ndarray) -> onnx.TensorProto:
+    """An INT4 initializer from int8-held values in [-8, 7], packed two per byte, low nibble first."""
+    flat = q.astype(np.int8).ravel()
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    nibbles = flat.view(np.uint8) & 0x0F
+    packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+    return helper.make_tensor(name, onnx.TensorProto.INT4, list(q.shape), packed.tobytes(), raw=True)
+
+
+def int4_values(tensor: onnx.TensorProto) -> np.ndarray:
+    """The int8-held values of an INT4 initializer (the inverse of int4_tensor)."""
+    packed = np.frombuffer(tensor.raw_data, np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).ravel()[: int(np.prod(tensor.dims))]
+    return ((nibbles.astype(np.int8) ^ 8) - 8).reshape(tuple(tensor.dims))
+
+
+def _dq_node(weight: str, scheme: Scheme, axis: int, out: str | None = None) -> onnx.NodeProto:
+    attrs = {"axis": axis} | ({"block_size": scheme.block_size} if scheme.bits == 4 else {})
+    return helper.make_node(
+        "DequantizeLinear", [f"{weight}_q", f"{weight}_scale"], [out or f"{weight}_dq"],
+        name=f"{weight}_DequantizeLinear", **attrs,
+    )  # fmt: skip
+
+
+def _weight_tensors(name: str, w: np.ndarray, scheme: Scheme, contracted_axis: int) -> list[onnx.TensorProto]:
+    if scheme.bits == 8:
+        q, scale = quantise_int8(w, 1 - contracted_axis)
+        q_tensor = numpy_helper.from_array(q, f"{name}_q")
+    else:
+        q, scale = quantise_int4(w, scheme.block_size, contracted_axis)
+        q_tensor = int4_tensor(f"{name}_q", q)
+    return [q_tensor, numpy_helper.from_array(scale, f"{name}_scale")]
+
+
+# ---------------------------------------------------------------- graph rewrite
+
+
+@dataclass
+class WeightOnlyReport:
+    quantised: list[str] = field(default_factory=list)  # node names reading a dequantised weight
+    kept_float: dict[str, str] = field(default_factory=dict)  # node name -> why
+    tied_embedding: str | None = None  # the shared table's initializer, when stored once
+
+    def as_dict(self) -> dict:
+        return {
+            "weight_only_nodes": len(self.quantised),
+            "weight_only_kept_float": self.kept_float,
+            "tied_embedding": self.tied_embedding,
+        }
+
+
+def _contracted_axis(node: onnx.NodeProto) -> int:
+    """Axis of the weight (input 1) that the op contracts: K of [K, N] (Gemm with transB: [N, K])."""
+    if node.op_type == "Gemm":
+        return 1 if any(a.name == "transB" and a.i for a in node.attribute) else 0
+    return 0
+
+
+def weight_only(
+    model: onnx.ModelProto, scheme: Scheme, skip: Iterable[str] = (), tie_embedding: bool = True
+) -> WeightOnlyReport:
+    """Rewrite, in place, every MatMul/Gemm whose weight is a float 2-D initializer (and whose name
+    is not in `skip`) to read it through a DequantizeLinear; tied embeddings are stored once.
+    The model must hold its weights. Returns what was done."""
+    g = model.graph
+    report = WeightOnlyReport()
+    inits = {i.name: i for i in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for x in node.input:
+            readers.setdefault(x, []).append(node)
+    skip = set(skip)
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}  # insert before the node at this index
+    done: dict[str, str] = {}  # weight initializer -> the dequantised tensor replacing it
+    position = {id(node): i for i, node in enumerate(g.node)}
+
+    if tie_embedding:
+        tied = _tied_embedding(g, inits, readers, skip)
+        if tied is not None:
+            t_name, table, matmul, transpose = tied
+            axis = 1 if scheme.bits == 4 else 0  # blocks along H (int4) / one scale per vocab row (int8)
+            g.initializer.extend(_weight_tensors(t_name, table, scheme, contracted_axis=1))
+            dq = _dq_node(t_name, scheme, axis)
+            first = min(position[id(n)] for n in readers[t_name])
+            new_nodes.setdefault(first, []).append(dq)
+            for node in readers[t_name]:
+                node.input[0] = dq.output[0]  # the Gathers' table, or the existing Transpose's input
+            if transpose is None:
+                transpose = helper.make_node("Transpose", [dq.output[0]], [f"{dq.output[0]}_T"],
+                                             name=f"{dq.output[0]}_Transpose", perm=[1, 0])  # fmt: skip
+                new_nodes.setdefault(position[id(matmul)], []).append(transpose)
+                done[matmul.input[1]] = transpose.output[0]
+                matmul.input[1] = transpose.output[0]
+            done[t_name] = dq.output[0]
+            report.tied_embedding = t_name
+            report.quantised.append(matmul.name)
+
+    for node in g.node:
+        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.name in skip:
+            continue
+        w_name = node.input[1]
+        if w_name in done:  # a weight shared by several nodes: one DequantizeLinear
+            node.input[1] = done[w_name]
+            report.quantised.append(node.name)
+            continue
+        init = inits.get(w_name)
+        if init is None or node.input[0] in inits:
+            continue  # not a constant weight (already dequantised, or activation × activation)
+        if init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2:
+            report.kept_float[node.name] = f"weight {w_name} is not a 2-D float32 initializer"
+            continue
+        if int(np.prod(init.dims)) < MIN_ELEMENTS:
+            report.kept_float[node.name] = (
+                f"weight {w_name} has {int(np.prod(init.dims))} values (< {MIN_ELEMENTS})"
+            )
+            continue
+        axis = _contracted_axis(node)
+        w = numpy_helper.to_array(init)
+        g.initializer.extend(_weight_tensors(w_name, w, scheme, axis))
+        dq = _dq_node(w_name, scheme, axis if scheme.bits == 4 else 1 - axis)
+        first = min(position[id(n)] for n in readers[w_name])
+        new_nodes.setdefault(first, []).append(dq)
+        node.input[1] = done[w_name] = dq.output[0]
+        report.quantised.append(node.name)
+
+    nodes = list(g.node)
+    del g.node[:]
+    for i, node in enumerate(nodes):
+        g.node.extend(new_nodes.get(i, []))
+        g.node.append(node)
+    _drop_unused_initializers(model)
+    return report
+
+
+def _tied_embedding(g, inits, readers, skip):
+    """(table name, table [V, H], lm_head MatMul, Transpose node or None) when the lm_head reads
+    the embedding Gather's table transposed, else None. Two forms: a Transpose(perm=[1, 0]) of the
+    table itself (what torch's dynamo export writes for SmolLM2's tied weights), or a separate
+    initializer [H, V] equal to the table's transpose. The table must feed only Gathers (axis 0)
+    and that Transpose."""
+    producer = {out: n for n in g.node for out in n.output}
+    tables = {}
+    for node in g.node:
+        if node.op_type == "Gather" and node.input[0] in inits:
+            init = inits[node.input[0]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if axis == 0 and len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
+                tables[init.name] = init
+    for node in g.node:
+        if node.op_type != "MatMul" or node.name in skip:
+            continue
+        weight = node.input[1]
+        source = producer.get(weight)
+        if source is not None and source.op_type == "Transpose" and source.input[0] in tables:
+            perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), [1, 0])
+            name = source.input[0]
+            if perm == [1, 0] and len(readers[weight]) == 1 and _only_gathers(readers[name], name, source):
+                return name, numpy_helper.to_array(tables[name]), node, source
+        elif weight in inits and len(readers[weight]) == 1 and len(inits[weight].dims) == 2:
+            w = inits[weight]
+            for name, table in tables.items():
+                if tuple(table.dims) == (w.dims[1], w.dims[0]) and _only_gathers(readers[name], name, None):
+                    t = numpy_helper.to_array(table)
+                    if np.array_equal(numpy_helper.to_array(w), t.T):
+                        return name, t, node, None
+    return None
+
+
+def _only_gathers(nodes, table: str, transpose) -> bool:
+    return all((n.op_type == "Gather" and n.input[0] == table) or n is transpose for n in nodes)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {x for node in model.graph.node for x in node.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
