@@ -31,7 +31,7 @@ def main() -> None:
         components=("text_decoder",),
         prompt_lengths=(args.prefill_tokens,),
         batches=(1, 8),
-        context=512,
+        contexts=(512,),
         repeats=args.repeats,
         threads=args.threads,
         accuracy=False,

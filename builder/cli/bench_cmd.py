@@ -67,8 +67,11 @@ def engines(
         str, typer.Option(help="Decode (and encoder) batch sizes, comma-separated.")
     ] = "1,2,4,8",
     context: Annotated[
-        int | None,
-        typer.Option(min=0, help="Cached tokens before each decoded token. Default: longest prompt."),
+        list[int] | None,
+        typer.Option(
+            min=0,
+            help="Cached tokens before each decoded token; repeat for several (--context 64 --context 512).",
+        ),
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed calls per case and precision.")] = 10,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls per case and precision first.")] = 1,
@@ -84,7 +87,8 @@ def engines(
     threads: Annotated[int, typer.Option(min=0, help="CPU threads per engine; 0 = all.")] = 0,
 ) -> None:
     """Prefill/decode/encode latency (p50/p90/p99), tokens/s, peak RSS, size and accuracy of every
-    engine, precisions interleaved in one process; plus the memory-bandwidth roofline of decode."""
+    engine, precisions interleaved in one process; plus the memory-bandwidth roofline of batch-1
+    decode at each --context."""
     if accuracy_only:
         _accuracy_only(engines, precision, json_out, passages, max_tokens, threads)
         return
@@ -99,7 +103,7 @@ def engines(
         prompt_lengths=int_list(prompt_lengths, "--prompt-lengths"),
         prefill_batches=int_list(prefill_batches, "--prefill-batches"),
         batches=int_list(batches, "--batches"),
-        context=context,
+        contexts=tuple(dict.fromkeys(context or (64, 512))),
         repeats=repeats,
         warmup=warmup,
         threads=threads,

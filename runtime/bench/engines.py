@@ -1,11 +1,12 @@
 """`bench engines`: latency, throughput, memory and accuracy of every built engine, per precision.
 
 Order of work (each stage adds to the report, so an interrupt keeps what finished):
-  1. text decoder: prefill at each prompt length, decode of one token at each batch (interleaved)
+  1. text decoder: prefill at each prompt length, decode of one token at each batch and context
+     (interleaved)
   2. encoders: one call at each batch (interleaved); embeddings of the largest batch vs fp32
   3. text accuracy against fp32 (runtime/bench/accuracy.py)
   4. peak RSS per engine, each in a fresh process (runtime/bench/memory.py)
-  5. the bandwidth roofline of batch-1 decode (runtime/bench/roofline.py)
+  5. the bandwidth roofline of batch-1 decode at each context (runtime/bench/roofline.py)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from builder.manifest import Manifest
 from runtime.bench import encoder_cases, roofline, text_cases
 from runtime.bench.memory import MemoryCase, peak_rss_mb
-from runtime.bench.results import latency_ratios, ordered
+from runtime.bench.results import latency_ratios, ordered, precision_rank
 from runtime.bench.stats import summarize, time_interleaved
 from runtime.errors import RuntimeUserError
 from runtime.generate import COMPONENT as TEXT
@@ -34,7 +35,7 @@ class EngineBenchConfig:
     prompt_lengths: tuple[int, ...] = (128, 512)
     prefill_batches: tuple[int, ...] = (1,)
     batches: tuple[int, ...] = (1, 2, 4, 8)  # decode, and encoder calls
-    context: int | None = None  # cached tokens before each decoded token; None: the longest prompt
+    contexts: tuple[int, ...] = (64, 512)  # cached tokens before each decoded token; one case each
     repeats: int = 10
     warmup: int = 1
     threads: int = 0
@@ -44,16 +45,12 @@ class EngineBenchConfig:
     memory: bool = True
     bandwidth_mb: int = 1024
 
-    @property
-    def decode_context(self) -> int:
-        return self.context if self.context is not None else max(self.prompt_lengths)
-
 
 @dataclass
 class EngineReport:
     config: dict
     engines: list[dict] = field(default_factory=list)  # component, precision, backend, file, file_mb
-    results: list[dict] = field(default_factory=list)  # one per component × precision × phase × batch × seq
+    results: list[dict] = field(default_factory=list)  # component × precision × phase × batch × seq × context
     accuracy: list[dict] = field(default_factory=list)
     roofline: dict | None = None
     interrupted: bool = False
@@ -75,7 +72,11 @@ def chosen_precisions(manifest: Manifest, component: str, requested: tuple[str, 
     return ordered(p for p in wanted if p in built)  # encoders may lack a precision the decoder has
 
 
-def _rows(component: str, phase: str, batch: int, seq: int, samples: dict[str, list[float]]) -> list[dict]:
+def _rows(
+    component: str, phase: str, batch: int, seq: int, samples: dict[str, list[float]], context: int = 0
+) -> list[dict]:
+    """seq: new tokens per sequence (prefill: the prompt, decode: 1; encode: embeddings per item);
+    context: tokens already cached before them (decode only)."""
     rows = []
     for precision, times in samples.items():
         s = summarize(times)
@@ -88,6 +89,7 @@ def _rows(component: str, phase: str, batch: int, seq: int, samples: dict[str, l
                 "phase": phase,
                 "batch": batch,
                 "seq": seq,
+                "context": context,
                 "p50_ms": p50,
                 "p90_ms": round(s.p90_ms, 4),
                 "p99_ms": round(s.p99_ms, 4),
@@ -118,11 +120,11 @@ def bench_text(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest,
             runs = {p: text_cases.prefill_case(g, batch, seq) for p, g in generators.items()}
             rows_of = lambda s, b=batch, n=seq: _rows(TEXT, "prefill", b, n, s)  # noqa: E731
             _measure(report, cfg, log, f"text_decoder prefill b{batch} s{seq}", rows_of, runs)
-    context = cfg.decode_context
-    for batch in cfg.batches:
-        runs = {p: text_cases.decode_case(g, batch, context) for p, g in generators.items()}
-        rows_of = lambda s, b=batch: _rows(TEXT, "decode", b, context, s)  # noqa: E731
-        _measure(report, cfg, log, f"text_decoder decode b{batch} c{context}", rows_of, runs)
+    for context in cfg.contexts:
+        for batch in cfg.batches:
+            runs = {p: text_cases.decode_case(g, batch, context) for p, g in generators.items()}
+            rows_of = lambda s, b=batch, c=context: _rows(TEXT, "decode", b, 1, s, c)  # noqa: E731
+            _measure(report, cfg, log, f"text_decoder decode b{batch} c{context}", rows_of, runs)
 
 
 def bench_encoder(
@@ -171,7 +173,7 @@ def bench_memory(report: EngineReport, cfg: EngineBenchConfig, log) -> None:
             continue
         biggest = max(rows, key=lambda r: r["batch"] * r["seq"] if r["phase"] != "decode" else 0)
         decode = max((r["batch"] for r in rows if r["phase"] == "decode"), default=1)
-        case = MemoryCase(component, precision, biggest["batch"], biggest["seq"], decode, cfg.decode_context)
+        case = MemoryCase(component, precision, biggest["batch"], biggest["seq"], decode, max(cfg.contexts))
         peak = peak_rss_mb(cfg.engines_dir, case, cfg.threads)
         entry["peak_rss_mb"] = peak
         for row in rows:
@@ -183,36 +185,39 @@ def bench_roofline(report: EngineReport, cfg: EngineBenchConfig, manifest: Manif
     from runtime.decoder_io import kv_input_names
     from runtime.paged_decoder import DecoderLimits
 
-    decode_b1 = {
-        r["precision"]: r
-        for r in report.results
-        if (r["component"], r["phase"], r["batch"]) == (TEXT, "decode", 1)
-    }
+    decode_b1 = [r for r in report.results if (r["component"], r["phase"], r["batch"]) == (TEXT, "decode", 1)]
     if not decode_b1:
         return
     bandwidth = roofline.measure_bandwidth(cfg.bandwidth_mb, cfg.threads)
     log(f"memory read bandwidth: {bandwidth.gb_per_s:.1f} GB/s ({bandwidth.threads} threads)")
     limits = DecoderLimits.from_manifest(manifest.decoder)
-    per_precision = []
-    for precision, row in decode_b1.items():
+    weights: dict[str, roofline.WeightBytes] = {}
+    cases = []
+    for row in sorted(decode_b1, key=lambda r: (precision_rank(r["precision"]), r["context"])):
+        precision, context = row["precision"], row["context"]
         entry = manifest.entry(TEXT, precision)
-        weights, counted = roofline.weight_bytes(cfg.engines_dir / entry.file, entry.backend)
+        if precision not in weights:
+            weights[precision] = roofline.weight_bytes(cfg.engines_dir / entry.file, entry.backend)
+        read = weights[precision]
         itemsize = _itemsize(next(t.dtype for t in entry.inputs if t.name == kv_input_names(1)[0]))
-        kv = roofline.kv_bytes_per_token(limits, row["seq"], itemsize)
-        per_precision.append(
-            {"precision": precision, "weights_counted_as": counted, "kv_itemsize": itemsize,
-             **roofline.roofline(bandwidth, weights, kv, row["tokens_per_s"])}
+        kv = roofline.kv_bytes_per_token(limits, context, itemsize)
+        cases.append(
+            {"precision": precision, "context": context, "weights_counted_as": read.counted_as,
+             "kv_itemsize": itemsize, "weights_read_in_full_bytes": read.read_in_full,
+             "gather_row_bytes": read.gather_rows, "gather_table_bytes": read.gather_tables,
+             **roofline.roofline(bandwidth, read.per_token, kv, row["tokens_per_s"])}
         )  # fmt: skip
     report.roofline = {
         "bandwidth_gb_per_s": bandwidth.gb_per_s,
         "bandwidth_threads": bandwidth.threads,
         "bandwidth_array_mb": bandwidth.array_mb,
-        "context": cfg.decode_context,
+        "contexts": sorted({c["context"] for c in cases}),
         "formula": "fraction = decode tokens/s at batch 1 / (bandwidth / (weight_bytes + kv_bytes)); "
-        "kv_bytes = layers * 2 * context * kv_heads * head_dim * itemsize",
-        "precisions": per_precision,
+        "weight_bytes = all ONNX initializers, lookup-only (Gather/GatherBlockQuantized) tables one row; "
+        "kv_bytes = layers * 2 * context * kv_heads * head_dim * kv itemsize",
+        "cases": cases,
     }
-    log("roofline: " + "  ".join(f"{r['precision']} {r['fraction']:.0%}" for r in per_precision))
+    log("roofline: " + "  ".join(f"{c['precision']} c{c['context']} {c['fraction']:.0%}" for c in cases))
 
 
 def _itemsize(dtype: str) -> int:
@@ -243,9 +248,11 @@ def validate(cfg: EngineBenchConfig, manifest: Manifest) -> None:
                 f"{option} {max(values)} exceeds the batch of {limit_batch} the engines were built for; "
                 f"use values up to {limit_batch}"
             )
+    if not cfg.contexts:
+        raise RuntimeUserError("give at least one --context (cached tokens before a decoded token), e.g. 512")
     for option, tokens in (
         ("--prompt-lengths", max(cfg.prompt_lengths)),
-        ("--context", cfg.decode_context + 1),
+        ("--context", max(cfg.contexts) + 1),
     ):
         if tokens >= limit_seq:
             raise RuntimeUserError(
@@ -267,9 +274,7 @@ def run_engine_bench(cfg: EngineBenchConfig, log: Callable[[str], None]) -> Engi
         )
     validate(cfg, manifest)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    report = EngineReport(
-        config={**config, "decode_context": cfg.decode_context, "model": manifest.model.get("name")}
-    )
+    report = EngineReport(config={**config, "model": manifest.model.get("name")})
     report.engines = engine_sizes(manifest, cfg.engines_dir, components, cfg.precisions)
     try:
         if TEXT in components:

@@ -27,7 +27,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_engines(report: dict, path: Path) -> None:
     """One panel per component and phase: tokens/s against batch (decode, encode) or prompt length
-    (prefill), a line per precision."""
+    (prefill), a line per precision (and per context for decode, per batch for prefill)."""
     plt = _pyplot()
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in report["results"]:
@@ -35,20 +35,30 @@ def plot_engines(report: dict, path: Path) -> None:
     if not groups:
         raise RuntimeUserError("nothing was measured, so there is nothing to plot")
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    styles = ("-", "--", ":", "-.")
     for ax, ((component, phase), rows) in zip(axes[0], groups.items(), strict=True):
         x_key = "seq" if phase == "prefill" else "batch"
-        for precision in ordered({r["precision"] for r in rows}):
-            for extra in sorted({r["batch"] if phase == "prefill" else 0 for r in rows}):
+        series_key = {"prefill": "batch", "decode": "context"}.get(phase)
+        series = sorted({r[series_key] if series_key else 0 for r in rows})
+        for color, precision in enumerate(ordered({r["precision"] for r in rows})):
+            for style, extra in enumerate(series):
                 line = sorted(
                     (
                         r
                         for r in rows
-                        if r["precision"] == precision and (phase != "prefill" or r["batch"] == extra)
+                        if r["precision"] == precision and (series_key is None or r[series_key] == extra)
                     ),
                     key=lambda r: r[x_key],
                 )
-                label = f"{precision} b{extra}" if phase == "prefill" and extra != 1 else precision
-                ax.plot([r[x_key] for r in line], [r["tokens_per_s"] for r in line], marker="o", label=label)
+                if not line:
+                    continue
+                label = precision
+                if phase == "prefill" and extra != 1:
+                    label = f"{precision} b{extra}"
+                elif phase == "decode":
+                    label = f"{precision} ctx {extra}"
+                ax.plot([r[x_key] for r in line], [r["tokens_per_s"] for r in line], marker="o", label=label,
+                        color=f"C{color}", linestyle=styles[style % len(styles)])  # fmt: skip
         ticks = sorted({r[x_key] for r in rows})
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [str(t) for t in ticks])

@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-from runtime.bench.results import precision_rank
+from runtime.bench.results import case_key, precision_rank, used_ratio_names
 
 
 def _f(value, spec: str = ".2f") -> str:
@@ -30,22 +30,24 @@ def engines_section(report: dict, out: Path, chart: Path | None) -> list[str]:
         f"## Engines: {cfg.get('model') or cfg['engines_dir']}",
         "",
         f"Precisions interleaved in one process after {cfg['warmup']} warm-up call(s), {cfg['repeats']} timed "
-        f"calls per case; threads {cfg['threads'] or 'all'}; decode after {cfg['decode_context']} cached tokens. "
-        "Ratios are of p50 latencies (below 1: int8 is faster).",
+        f"calls per case; threads {cfg['threads'] or 'all'}; decode of one token per sequence after "
+        f"{', '.join(map(str, cfg['contexts']))} cached tokens (ctx). "
+        "Ratios are of p50 latencies (below 1: faster than the base).",
         "",
     ]
     if report.get("interrupted"):
         lines += ["**Interrupted: partial results.**", ""]
-    ratios = {(r["component"], r["phase"], r["batch"], r["seq"]): r for r in report["ratios"]}
+    ratios = {case_key(r): r for r in report["ratios"]}
+    names = used_ratio_names(report)
     rows = []
     for r in report["results"]:
-        key = (r["component"], r["phase"], r["batch"], r["seq"])
-        rows.append([r["component"], r["phase"], str(r["batch"]), str(r["seq"]), r["precision"],
+        key = case_key(r)
+        rows.append([r["component"], r["phase"], str(r["batch"]), str(r["seq"]),
+                     str(key[4]) if r["phase"] == "decode" else "—", r["precision"],
                      _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]), _f(r["tokens_per_s"], ".1f"),
-                     _f(r["peak_rss_mb"], ".0f"), _f(ratios.get(key, {}).get("int8/fp16"), ".3f"),
-                     _f(ratios.get(key, {}).get("int8/fp32"), ".3f")])  # fmt: skip
-    header = ["component", "phase", "B", "S", "precision", "p50 ms", "p90 ms", "p99 ms", "tok/s",
-              "peak RSS MB", "int8/fp16", "int8/fp32"]  # fmt: skip
+                     _f(r["peak_rss_mb"], ".0f"), *(_f(ratios.get(key, {}).get(n), ".3f") for n in names)])  # fmt: skip
+    header = ["component", "phase", "B", "S", "ctx", "precision", "p50 ms", "p90 ms", "p99 ms", "tok/s",
+              "peak RSS MB", *names]  # fmt: skip
     lines += _table(header, rows)
     accuracy = {(a["component"], a["precision"]): a for a in report["accuracy"]}
     engine_rows = []
@@ -65,10 +67,10 @@ def engines_section(report: dict, out: Path, chart: Path | None) -> list[str]:
                   f"({roof['bandwidth_threads']} threads, numpy sum over {roof['bandwidth_array_mb']} MiB). "
                   f"`{roof['formula']}`.", ""]  # fmt: skip
         lines += _table(
-            ["precision", "weights MB", "KV MB", "ceiling tok/s", "measured tok/s", "fraction"],
-            [[r["precision"], _f(r["weight_bytes"] / 1e6, ".1f"), _f(r["kv_bytes"] / 1e6, ".1f"),
+            ["precision", "ctx", "weights MB", "KV MB", "ceiling tok/s", "measured tok/s", "fraction"],
+            [[r["precision"], str(r["context"]), _f(r["weight_bytes"] / 1e6, ".1f"), _f(r["kv_bytes"] / 1e6, ".2f"),
               _f(r["ceiling_tokens_per_s"], ".1f"), _f(r["measured_tokens_per_s"], ".1f"), f"{r['fraction']:.0%}"]
-             for r in roof["precisions"]],
+             for r in roof["cases"]],
         )  # fmt: skip
     return lines + _image(out, chart, "engine throughput")
 

@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from runtime.bench.results import ordered
+from runtime.bench.results import case_key, ordered, used_ratio_names
 
 
 def console() -> Console:
@@ -21,29 +21,28 @@ def _fmt(value, spec: str = ".2f") -> str:
 
 def latency_table(report: dict) -> Table:
     precisions = ordered({r["precision"] for r in report["results"]})
-    ratios = {(r["component"], r["phase"], r["batch"], r["seq"]): r for r in report["ratios"]}
-    table = Table(title="Latency p50 (ms) and tokens/s; ratios of p50 (below 1: int8 is faster)")
-    for name in ("component", "phase", "B", "S"):
+    ratios = {case_key(r): r for r in report["ratios"]}
+    table = Table(
+        title="Latency p50 (ms) and tokens/s; ratios of p50 (below 1: faster than the base). "
+        "S: new tokens per sequence; ctx: tokens cached before them"
+    )
+    for name in ("component", "phase", "B", "S", "ctx"):
         table.add_column(name, justify="left" if name in ("component", "phase") else "right")
     for p in precisions:
         table.add_column(f"{p} ms", justify="right")
         table.add_column(f"{p} tok/s", justify="right")
-    ratio_names = [
-        k for k in ("int8/fp16", "int8/fp32") if any(r.get(k) is not None for r in report["ratios"])
-    ]
-    for name in ratio_names:
+    names = used_ratio_names(report)
+    for name in names:
         table.add_column(name, justify="right")
     cases: dict[tuple, dict[str, dict]] = {}
     for row in report["results"]:
-        cases.setdefault((row["component"], row["phase"], row["batch"], row["seq"]), {})[row["precision"]] = (
-            row
-        )
+        cases.setdefault(case_key(row), {})[row["precision"]] = row
     for key, by_precision in cases.items():
-        cells = [key[0], key[1], str(key[2]), str(key[3])]
+        cells = [key[0], key[1], str(key[2]), str(key[3]), str(key[4]) if key[1] == "decode" else "—"]
         for p in precisions:
             row = by_precision.get(p)
             cells += [_fmt(row and row["p50_ms"]), _fmt(row and row["tokens_per_s"], ".1f")]
-        cells += [_fmt(ratios.get(key, {}).get(name), ".3f") for name in ratio_names]
+        cells += [_fmt(ratios.get(key, {}).get(name), ".3f") for name in names]
         table.add_row(*cells)
     return table
 
@@ -73,11 +72,13 @@ def roofline_lines(report: dict) -> list[str]:
     if not roof:
         return []
     lines = [
-        f"Roofline (decode batch 1, context {roof['context']}): bandwidth {roof['bandwidth_gb_per_s']:.1f} GB/s"
+        f"Roofline (decode batch 1; bytes read per token = initializers read + KV at the context): "
+        f"bandwidth {roof['bandwidth_gb_per_s']:.1f} GB/s"
     ]
-    for r in roof["precisions"]:
+    for r in roof["cases"]:
         lines.append(
-            f"  {r['precision']}: {r['bytes_per_token'] / 1e6:.1f} MB read per token → ceiling "
+            f"  {r['precision']:<6} ctx {r['context']:>5}: {r['weight_bytes'] / 1e6:.1f} MB weights + "
+            f"{r['kv_bytes'] / 1e6:.2f} MB KV = {r['bytes_per_token'] / 1e6:.1f} MB per token → ceiling "
             f"{r['ceiling_tokens_per_s']:.1f} tok/s; measured {r['measured_tokens_per_s']:.1f} tok/s "
             f"= {r['fraction']:.0%} of the roofline"
         )

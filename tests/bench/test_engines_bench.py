@@ -26,6 +26,10 @@ SHORT = (
     "1",
     "--max-tokens",
     "32",
+    "--context",
+    "4",
+    "--context",
+    "20",
 )
 
 
@@ -40,36 +44,40 @@ def bench_run(glm4v_tiny_int8_engines, tmp_path_factory):
 @pytest.mark.slow
 def test_results_cover_every_component_precision_and_case(bench_run):
     result, report, _ = bench_run
-    keys = {"component", "precision", "phase", "batch", "seq", "p50_ms", "p90_ms", "p99_ms", "tokens_per_s",
-            "peak_rss_mb"}  # fmt: skip
+    keys = {"component", "precision", "phase", "batch", "seq", "context", "p50_ms", "p90_ms", "p99_ms",
+            "tokens_per_s", "peak_rss_mb"}  # fmt: skip
     rows = report["results"]
     assert all(keys <= row.keys() for row in rows)
-    cases = {(r["component"], r["phase"], r["batch"], r["seq"], r["precision"]) for r in rows}
-    expected = {("text_decoder", "prefill", 1, s, p) for s in (8, 16) for p in ("fp32", "int8")}
-    expected |= {("text_decoder", "decode", b, 16, p) for b in (1, 2) for p in ("fp32", "int8")}
+    cases = {(r["component"], r["phase"], r["batch"], r["seq"], r["context"], r["precision"]) for r in rows}
+    expected = {("text_decoder", "prefill", 1, s, 0, p) for s in (8, 16) for p in ("fp32", "int8")}
+    expected |= {
+        ("text_decoder", "decode", b, 1, c, p) for b in (1, 2) for c in (4, 20) for p in ("fp32", "int8")
+    }
     assert expected <= cases
+    assert report["config"]["contexts"] == [4, 20]
     assert {r["precision"] for r in rows} == {"fp32", "int8"}  # fp32 joins as the reference; no fp16
     encoders = {(r["component"], r["batch"]) for r in rows if r["phase"] == "encode"}
     assert encoders == {(c, b) for c in ("vision_encoder", "audio_encoder") for b in (1, 2)}
     for r in rows:
         assert r["repeats"] == 2 and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        tokens = r["batch"] if r["phase"] == "decode" else r["batch"] * r["seq"]
+        tokens = r["batch"] * r["seq"]  # decode: one new token per sequence
         assert r["tokens_per_s"] == pytest.approx(tokens / (r["p50_ms"] / 1000), rel=1e-3)
         assert r["peak_rss_mb"] > 0
     assert not report["interrupted"]
     assert "text_decoder prefill b1 s8:" in result.stderr  # progress, with timings
-    assert "int8/fp32" in result.stdout
+    assert "int8/fp32" in result.stdout and "text_decoder decode b2 c20:" in result.stderr
+    assert "ctx    20:" in result.stdout  # the roofline line of each context
 
 
 @pytest.mark.slow
 def test_ratios_accuracy_sizes_and_roofline(bench_run, glm4v_tiny_int8_engines):
     _, report, _ = bench_run
     p50 = {
-        (r["component"], r["phase"], r["batch"], r["seq"], r["precision"]): r["p50_ms"]
+        (r["component"], r["phase"], r["batch"], r["seq"], r["context"], r["precision"]): r["p50_ms"]
         for r in report["results"]
     }
     for ratio in report["ratios"]:
-        key = (ratio["component"], ratio["phase"], ratio["batch"], ratio["seq"])
+        key = (ratio["component"], ratio["phase"], ratio["batch"], ratio["seq"], ratio["context"])
         assert ratio["int8/fp32"] == pytest.approx(p50[(*key, "int8")] / p50[(*key, "fp32")], abs=1e-4)
         assert ratio["int8/fp16"] is None
     accuracy = {(a["component"], a["precision"]): a for a in report["accuracy"]}
@@ -90,14 +98,22 @@ def test_ratios_accuracy_sizes_and_roofline(bench_run, glm4v_tiny_int8_engines):
         assert engine["file_mb"] == pytest.approx(size / 1e6, abs=0.01) and engine["peak_rss_mb"] > 0
     roof = report["roofline"]
     decode_b1 = {
-        r["precision"]: r["tokens_per_s"]
+        (r["precision"], r["context"]): r["tokens_per_s"]
         for r in report["results"]
         if (r["phase"], r["batch"]) == ("decode", 1)
     }
-    assert roof["bandwidth_gb_per_s"] > 0 and {r["precision"] for r in roof["precisions"]} == {"fp32", "int8"}
-    for r in roof["precisions"]:
-        assert r["measured_tokens_per_s"] == pytest.approx(decode_b1[r["precision"]], abs=0.01)
-        assert r["bytes_per_token"] == r["weight_bytes"] + r["kv_bytes"] and r["kv_bytes"] > 0
+    assert roof["bandwidth_gb_per_s"] > 0 and roof["contexts"] == [4, 20]
+    assert {(r["precision"], r["context"]) for r in roof["cases"]} == decode_b1.keys()
+    kv = {(r["precision"], r["context"]): r["kv_bytes"] for r in roof["cases"]}
+    for precision in ("fp32", "int8"):
+        assert kv[(precision, 20)] == 5 * kv[(precision, 4)] > 0  # K/V read grows with the context
+    for r in roof["cases"]:
+        assert r["measured_tokens_per_s"] == pytest.approx(
+            decode_b1[(r["precision"], r["context"])], abs=0.01
+        )
+        assert r["bytes_per_token"] == r["weight_bytes"] + r["kv_bytes"]
+        assert r["weight_bytes"] == r["weights_read_in_full_bytes"] + r["gather_row_bytes"]
+        assert 0 < r["gather_row_bytes"] < r["gather_table_bytes"]  # glm4v-tiny's embedding is untied
         ceiling = roof["bandwidth_gb_per_s"] * 1e9 / r["bytes_per_token"]
         assert r["fraction"] == pytest.approx(r["measured_tokens_per_s"] / ceiling, rel=1e-2)
 
