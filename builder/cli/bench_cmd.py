@@ -70,7 +70,7 @@ def engines(
         list[int] | None,
         typer.Option(
             min=0,
-            help="Cached tokens before each decoded token; repeat for several (--context 64 --context 512).",
+            help="Cached tokens before each decoded token; repeat for several. Default: 64 and 512.",
         ),
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed calls per case and precision.")] = 10,
