@@ -95,8 +95,9 @@ def smoothing_plan(model: onnx.ModelProto, kinds: tuple[str, ...] = (QKV, DOWN))
             if len(names) <= 2 and norm:  # a norm's weight Mul (checked in _match)
                 groups[tensor] = names
 
+    order = {n.name: i for i, n in enumerate(g.node)}
     targets, unmatched = [], {}
-    for tensor, names in groups.items():
+    for tensor, names in sorted(groups.items(), key=lambda item: order[item[1][0]]):  # graph order
         why = sensitive.get(names[0], "")
         kind = DOWN if "MLP down" in why else QKV if why else GATE_UP
         if kind not in kinds:
