@@ -34,7 +34,7 @@ from calibration.feeds import CalibrationSet
 from calibration.smoothing import DOWN, GATE_UP, QKV, smoothing_plan
 from calibration.weight_only import Scheme, weight_only
 
-INT4_VERSION = 1  # bump when the quantiser, the AWQ search or the graph pattern changes
+INT4_VERSION = 2  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
 CHANGED_IN_21 = frozenset({"GroupNormalization"})
 AWQ_KINDS = (QKV, GATE_UP, DOWN)
@@ -117,7 +117,8 @@ def int4_onnx_from_fp32(
         note(f"{name} int4 ONNX up to date: {graph}")
         return Int4Graph(graph, previous["summary"])
     model, summary = int4_model(fp32, Scheme(4, cfg.int4_block_size), method, data)
-    with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {method.value})"):
+    short = "awq" if summary["method"] == AWQ_METHOD else "rtn"
+    with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {short})"):
         tmp = work / f".{graph.name}.tmp"
         try:
             weight_bytes = sum(len(init.raw_data) for init in model.graph.initializer)

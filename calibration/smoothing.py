@@ -12,7 +12,8 @@ is folded into whatever produces X, so no node is added:
 - MLP down projection (reading silu(gate) · up): the up projection's weight columns are divided
   by s (scaling up's output scales the product), and down's rows are multiplied by s;
 - MLP gate/up projections (one or two projections reading the post-attention RMSNorm; GLM's fused
-  gate_up is one): folded into that norm's weight like q/k/v. Not a SmoothQuant site (int8 keeps
+  gate_up is one; in an encoder, a fused qkv behind its norm matches too): folded into that norm's
+  weight like q/k/v. Not a SmoothQuant site (int8 keeps
   these projections W8A8 unsmoothed); AWQ (calibration/awq.py) scales it.
 
 The fold (`fold_scales`) is shared: SmoothQuant computes s from channel maxima (`smooth`), AWQ
@@ -36,7 +37,8 @@ from onnx import numpy_helper
 from calibration.qdq import output_projections, quantisable_nodes, sensitive_projections
 
 MIN_SCALE, MAX_SCALE = 1e-3, 1e3  # s outside this range means a degenerate channel, not an outlier
-QKV, DOWN, GATE_UP = "attention q/k/v", "MLP down projection", "MLP gate/up projection"
+QKV, DOWN = "attention q/k/v", "MLP down projection"
+GATE_UP = "norm-fed projection (MLP gate/up)"  # also a fused qkv behind a norm (GLM's vision encoder)
 NORM_FOLDED = (QKV, GATE_UP)  # kinds whose 1/s goes into a norm weight (the rest: up's columns)
 
 
