@@ -19,6 +19,9 @@ BLOCK_TABLES = "block_tables"
 LOGIT_INDEX = "logit_index"
 MEDIA_EMBEDS = "media_embeds"
 MEDIA_ROWS = "media_rows"
+# ONNX Runtime engines take the pool whole, [L, 2, NB, bs, KVH, D], in place of the per-layer inputs
+# (builder/build/ort_fusion/kv_pool.py); the runtime feeds whichever the engine declares.
+KV_POOL = "kv_pool"
 LOGITS = "logits"
 NEW_KV = "new_kv"
 
@@ -29,6 +32,11 @@ OUTPUTS = (LOGITS, NEW_KV)
 
 def kv_input_names(num_layers: int) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(num_layers) for kind in ("key_cache", "value_cache")]
+
+
+def kv_dtype_input(names) -> str:
+    """The input whose dtype is the pool's: `kv_pool`, else the first layer's key cache."""
+    return KV_POOL if KV_POOL in names else kv_input_names(1)[0]
 
 
 def input_names(num_layers: int, media: bool = False) -> list[str]:

@@ -53,12 +53,15 @@ class PagedTextDecoder:
         self.limits = limits
         self.kv = kv
         self.kv_names = io.kv_input_names(limits.num_layers)
-        dtype = engine.input_dtypes[self.kv_names[0]]
+        dtype = engine.input_dtypes[io.kv_dtype_input(engine.input_dtypes)]
         self.pool = np.zeros(
             (limits.num_layers, 2, kv.num_blocks, limits.block_size, limits.num_kv_heads, limits.head_dim),
             dtype,
         )
-        self.kv_views = {name: self.pool[i // 2, i % 2] for i, name in enumerate(self.kv_names)}
+        if io.KV_POOL in engine.input_dtypes:  # the engine reads the pool whole
+            self.kv_views = {io.KV_POOL: self.pool}
+        else:
+            self.kv_views = {name: self.pool[i // 2, i % 2] for i, name in enumerate(self.kv_names)}
         # Decoders of models with encoders take media rows (runtime/decoder_io.py); text-only
         # steps feed one zero row and no row indices, which costs nothing measurable.
         self.media_dtype = engine.input_dtypes.get(io.MEDIA_EMBEDS)
@@ -73,6 +76,13 @@ class PagedTextDecoder:
         """
         assert 0 < len(batch) <= self.limits.max_batch, "callers split batches at max_batch"
         size, seq = len(batch), max(len(item.token_ids) for item in batch)
+        if (
+            size > 1
+            and seq > 1
+            and not self.engine.batched_prefill_with_past
+            and any(i.past_len for i in batch)
+        ):
+            return self._one_at_a_time(batch, seq, all_logits)
         ids = np.zeros((size, seq), np.int64)
         positions = np.zeros((self.limits.position_rank, size, seq), np.int64)
         lengths = np.array([len(item.token_ids) for item in batch])
@@ -100,6 +110,15 @@ class PagedTextDecoder:
         logits, new_kv = self.engine.run(feeds, [io.LOGITS, io.NEW_KV])  # new_kv: [L, 2, B, S, KVH, D]
         self._write_kv(batch, new_kv)
         return logits if all_logits else logits[:, 0]
+
+    def _one_at_a_time(self, batch: list[StepInput], seq: int, all_logits: bool) -> np.ndarray:
+        results = [self.step([item], all_logits) for item in batch]
+        if not all_logits:
+            return np.concatenate(results)  # [B, V]
+        logits = np.zeros((len(batch), seq, results[0].shape[-1]), np.float32)
+        for row, result in enumerate(results):  # [1, n, V], right-padded to seq like a batched call
+            logits[row, : result.shape[1]] = result[0]
+        return logits
 
     def _media_feeds(self, batch: list[StepInput], seq: int) -> dict[str, np.ndarray]:
         with_media = [item for item in batch if item.media_embeds is not None and len(item.media_embeds)]

@@ -1,16 +1,27 @@
-"""The ONNX Runtime backend: an engine is the graph after ORT's optimizer, saved to disk.
+"""The ONNX Runtime backend: an engine is the precision graph rewritten into ORT's fused operators
+(text decoders, builder/build/ort_fusion/), then through ORT's own optimizer, saved to disk.
 
-Saved at the EXTENDED level: its fusions (attention, RMSNorm, GELU, MatMul+Add…) are portable,
-while ENABLE_ALL adds layout changes specific to this CPU (re-applied at load instead).
+Saved at the EXTENDED level: its fusions (SiLU → QuickGelu, MatMul+Add…) are portable, while
+ENABLE_ALL adds layout changes specific to this CPU (re-applied at load instead). A fused decoder
+is compared with the graph it came from before it is kept (ort_fusion/compare.py).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+
+from builder.errors import BuildError
+from builder.progress import note, stage
+from runtime import decoder_io as io
+
+# Fused fp32 maths differs from the trace's only in summation order; quantised engines also
+# quantise activations inside MatMulNBits (accuracy_level 4), measured at cosine ≥ 0.999 here.
+MIN_COSINE = {"exact": 0.99999, "quantised": 0.995}
 
 
 def op_counts(graph: Path) -> Counter:
@@ -18,30 +29,86 @@ def op_counts(graph: Path) -> Counter:
     return Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in model.graph.node)
 
 
+def _is_decoder(model: onnx.ModelProto) -> bool:
+    names = {i.name for i in model.graph.input}
+    return io.PAST_LENS in names and any(o.name == io.LOGITS for o in model.graph.output)
+
+
 def ort_engine_from_onnx(graph: Path, engine: Path) -> dict:
-    """Optimize `graph` into `engine`; return the fusion report (node counts before → after)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(engine)
-    source, extra = _u8_activations(graph)
-    try:
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-    finally:
-        if source != graph:
-            source.unlink(missing_ok=True)
+    """Fuse (decoders) and optimize `graph` into `engine`; return the fusion report."""
+    header = onnx.load(str(graph), load_external_data=False)
+    decoder = _is_decoder(header)
+    layers = sum(1 for i in header.graph.input if i.name.startswith("key_cache.")) if decoder else 0
+    del header
+    report: dict = {}
+    with tempfile.TemporaryDirectory(dir=engine.parent, prefix=".ort.") as scratch:
+        source = graph
+        if decoder:
+            source = Path(scratch) / "fused.onnx"
+            report |= _fuse(graph, source)
+        else:
+            source, extra = _u8_activations(graph)
+            report |= extra
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(engine)
+        try:
+            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        finally:
+            if source.parent == graph.parent and source != graph:
+                source.unlink(missing_ok=True)
     before, after = op_counts(graph), op_counts(engine)
-    changed = {
-        op: [before.get(op, 0), after.get(op, 0)]
-        for op in sorted(before.keys() | after.keys())
-        if before.get(op, 0) != after.get(op, 0)
-    }
-    return {
-        "optimizer": "onnxruntime ORT_ENABLE_EXTENDED",
+    report |= {
+        "optimizer": "onnxruntime ORT_ENABLE_EXTENDED"
+        + (" after autoglm-trt/onnxscript fusions" if decoder else ""),
         "nodes_before": sum(before.values()),
         "nodes_after": sum(after.values()),
-        "changed_op_counts": changed,
-        **extra,
+        "changed_op_counts": {
+            op: [before.get(op, 0), after.get(op, 0)]
+            for op in sorted(before.keys() | after.keys())
+            if before.get(op, 0) != after.get(op, 0)
+        },
     }
+    if decoder:
+        report["layers"] = layers
+        report["nodes_per_layer"] = [
+            round(sum(before.values()) / layers, 1),
+            round(sum(after.values()) / layers, 1),
+        ]
+        report["validation"] = _validate(graph, engine, quantised=report.get("quantised", False))
+    return report
+
+
+def _fuse(graph: Path, out: Path) -> dict:
+    import onnx_ir as ir
+
+    from builder.build.ort_fusion import fuse_decoder
+
+    with stage(f"fuse {graph.name} into ONNX Runtime operators"):
+        model = ir.load(str(graph))
+        quantised = any(n.op_type == "DequantizeLinear" for n in model.graph)
+        fusion = fuse_decoder(model)
+        ir.save(model, str(out))
+    for name, count in fusion.counts.items():
+        note(f"  {name:<52} {count:>4}  ({fusion.source[name]})")
+    return {"fusions": fusion.counts, "fusion_sources": fusion.source, "quantised": quantised}
+
+
+def _validate(graph: Path, engine: Path, quantised: bool) -> dict:
+    from builder.build.ort_fusion.compare import as_dicts, compare_engine
+
+    min_cosine = MIN_COSINE["quantised" if quantised else "exact"]
+    with stage(f"compare {engine.name} with {graph.name}"):
+        checks = compare_engine(graph, engine, min_cosine)
+    for check in checks:
+        note(f"  {check.line()}")
+    if not all(check.passed for check in checks):
+        failed = next(c for c in checks if not c.passed)
+        raise BuildError(
+            f"the fused {engine.name} disagrees with {graph.name} ({failed.case} {failed.output}: cosine "
+            f"{failed.cosine:.6f} < {min_cosine}); this is a bug, please report it"
+        )
+    return {"reference": graph.name, "min_cosine": min_cosine, "checks": as_dicts(checks)}
 
 
 def _u8_activations(graph: Path) -> tuple[Path, dict]:

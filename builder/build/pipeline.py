@@ -45,6 +45,9 @@ ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
     Backend.onnxruntime: (ort_engine_from_onnx, "onnx"),
     Backend.tensorrt: (trt_engine_from_onnx, "plan"),
 }
+# Bump when a backend's engine step changes what it makes from the same graph (fusions, kernels),
+# so builds redo those engines.
+ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 2, Backend.tensorrt: 1}
 
 
 def resolve_backend(requested: Backend) -> Backend:
@@ -142,6 +145,7 @@ def engine_from_onnx(
         and current.backend == backend.value
         and (out / current.file).is_file()
         and current.tools == runtime_versions(backend.value)
+        and current.report.get("step_version") == ENGINE_STEP_VERSION[backend]
     ):
         note(f"{component.name} {precision.value} engine up to date: {out / current.file}")
         if current.calibration != calibration:  # same graph from recalibrated data
@@ -150,9 +154,10 @@ def engine_from_onnx(
     with stage(f"build {component.name} {precision.value} engine ({backend.value})"):
         start = time.perf_counter()
         tmp = out / f".{name}.tmp"
-        report = step(graph, tmp, **(step_options or {}))
+        report = step(graph, tmp, **(step_options or {})) | {"step_version": ENGINE_STEP_VERSION[backend]}
         os.replace(tmp, out / name)
-        model = onnx.load(str(graph), load_external_data=False)
+        # An ORT engine's I/O can differ from its graph's (the fused decoder takes the KV pool whole).
+        model = onnx.load(str(out / name if backend is Backend.onnxruntime else graph), load_external_data=False)
         manifest.put(
             EngineEntry(
                 component=component.name,
@@ -170,7 +175,9 @@ def engine_from_onnx(
             )
         )
         if "changed_op_counts" in report:
-            note(f"graph optimizer: {report['nodes_before']} → {report['nodes_after']} nodes")
+            per_layer = report.get("nodes_per_layer")
+            layers = f" ({per_layer[0]} → {per_layer[1]} per decoder layer)" if per_layer else ""
+            note(f"graph optimizer: {report['nodes_before']} → {report['nodes_after']} nodes{layers}")
             for op, (before, after) in report["changed_op_counts"].items():
                 note(f"  {op:<40} {before:>5} → {after}")
 

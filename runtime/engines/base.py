@@ -16,6 +16,9 @@ class Engine(ABC):
     """
 
     input_dtypes: dict[str, np.dtype]
+    # False where a call may not mix several sequences, several new tokens each, and a cached past
+    # (ORT's CPU GroupQueryAttention); the decoder then runs such a batch one sequence at a time.
+    batched_prefill_with_past: bool = True
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]: ...

@@ -9,6 +9,9 @@ import onnxruntime as ort
 
 from runtime.engines.base import Engine
 
+# Model metadata key the ORT engine step writes (builder/build/ort_fusion/paged_attention.py).
+BATCHED_PREFILL_WITH_PAST = "autoglm_trt.batched_prefill_with_past"
+
 
 class OnnxRuntimeEngine(Engine):
     def __init__(self, path: Path, threads: int = 0) -> None:
@@ -16,11 +19,13 @@ class OnnxRuntimeEngine(Engine):
         # The saved graph is already fused (EXTENDED); ALL adds this CPU's layout optimizations.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+        ]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.input_dtypes = {
-            i.name: np.dtype(ort_type_to_numpy(i.type)) for i in self.session.get_inputs()
-        }
+        self.input_dtypes = {i.name: np.dtype(ort_type_to_numpy(i.type)) for i in self.session.get_inputs()}
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.batched_prefill_with_past = metadata.get(BATCHED_PREFILL_WITH_PAST, "true") == "true"
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         # IOBinding reads the caller's arrays in place; session.run() would copy every input,

@@ -1,0 +1,84 @@
+"""Rewrite a portable decoder graph into ONNX Runtime's fused operators (the ORT engine step only).
+
+The precision graphs stay plain ONNX for TensorRT, which fuses layers itself; ORT's own optimizer
+cannot see the dynamo exporter's patterns, so its engine step fuses its copy here:
+
+- onnxscript's ort_fusions: RMSNorm → SimplifiedLayerNormalization, residual add + RMSNorm →
+  SkipSimplifiedLayerNormalization, `x·cos + rotate_half(x)·sin` → (intermediate) rotary;
+- ours (paged_attention.py): the paged-KV attention → GroupQueryAttention with rotary →
+  com.microsoft.RotaryEmbedding; new_kv.py: the `new_kv` output in one Concat;
+  matmul_nbits.py: block-quantised weights → MatMulNBits / GatherBlockQuantized, with the
+  projections that read one input packed into one MatMulNBits;
+- ORT's optimizer afterwards (SiLU → QuickGelu, …), at save time in onnxruntime_engine.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.optimizer import optimize
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions import shape_optimization
+from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
+from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
+from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
+
+from builder.build.ort_fusion.kv_pool import fuse_kv_pool
+from builder.build.ort_fusion.matmul_nbits import fuse_matmul_nbits
+from builder.build.ort_fusion.new_kv import fuse_new_kv
+from builder.build.ort_fusion.paged_attention import PagedAttentionToGQA
+from runtime import decoder_io as io
+from runtime.engines.onnxruntime import BATCHED_PREFILL_WITH_PAST
+
+
+@dataclass
+class FusionReport:
+    counts: dict[str, int] = field(default_factory=dict)  # fusion → times applied
+    source: dict[str, str] = field(default_factory=dict)  # fusion → "onnxscript" or "autoglm-trt"
+
+
+def _pre_optimize(model: ir.Model) -> None:
+    """Constant-fold the exporter's shape arithmetic so patterns see one node per tensor op."""
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    optimize(model)
+
+
+def fuse_decoder(model: ir.Model) -> FusionReport:
+    """Fuse a text decoder graph in place (fp32, int8 or int4 activations in fp32)."""
+    report = FusionReport()
+
+    def record(name: str, count: int, source: str) -> None:
+        report.counts[name] = count
+        report.source[name] = source
+
+    _pre_optimize(model)
+    record("SimplifiedLayerNormalization", fuse_rms_normalization(model), "onnxscript")
+    record("SkipSimplifiedLayerNormalization", fuse_skip_rms_normalization(model), "onnxscript")
+    record("rotary (x·cos + rotate_half(x)·sin)", fuse_rotary_embedding(model), "onnxscript")
+    inputs = {value.name: value for value in model.graph.inputs}
+    if io.INPUT_IDS in inputs and io.PAST_LENS in inputs:
+        rule = PagedAttentionToGQA.rule(inputs[io.INPUT_IDS], inputs[io.PAST_LENS])
+        fused = pattern.RewriteRuleSet([rule]).apply_to_model(model)
+        record("GroupQueryAttention (paged)", fused, "autoglm-trt")
+        if fused:  # ORT's CPU GQA: see paged_attention.py
+            model.metadata_props[BATCHED_PREFILL_WITH_PAST] = "false"
+        common_passes.CommonSubexpressionEliminationPass()(model)  # one copy of the shared GQA inputs
+        record("new_kv in one Concat", fuse_new_kv(model), "autoglm-trt")
+        record("kv_pool: one Gather for every layer's past", fuse_kv_pool(model), "autoglm-trt")
+    for name, count in fuse_matmul_nbits(model).items():
+        record(name, count, "autoglm-trt")
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    optimize(model)  # inlines unused intermediate fusions, drops dead nodes
+    common_passes.TopologicalSortPass()(model)  # rules insert shared nodes where they matched
+    return report
+
+
+def op_histogram(model: ir.Model) -> Counter:
+    return Counter(
+        f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}" for n in model.graph
+    )

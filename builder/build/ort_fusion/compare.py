@@ -1,0 +1,211 @@
+"""The fused engine against the graph it was made from, on the same inputs (every conversion ends in
+a comparison).
+
+The reference runs with ORT's optimizer off, so it computes the precision graph's own maths (with
+optimizations on, ORT would itself fuse a DequantizeLinear → MatMul into an int8-compute MatMulNBits).
+The engine's MatMulNBits quantise their activations themselves, per block and per call, in place of
+the W8A8 graph's static per-tensor activation scales (kept for TensorRT), so the reference drops
+those Q/DQ pairs: the same dequantised weights, float activations. What that choice costs or gains
+against fp32 is measured by `bench engines --accuracy-only`.
+Cases cover what generation does: prefill at batch 1 and 8, decode at batch 1 and 8 over pasts of
+different lengths read through shuffled block tables, and a chunk of new tokens after a cached
+prefix. Past K/V come from a real prefill of random tokens by the reference (so activations stay in
+distribution, as they are in use); unused pool slots hold noise, so a masking slip shows. Outputs are compared by cosine
+similarity and by top-1 agreement of the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from runtime import decoder_io as io
+
+# (name, batch, new tokens, past lengths)
+CASES = (
+    ("prefill b1", 1, 37, (0,)),
+    ("prefill b8", 8, 16, (0,) * 8),
+    ("decode b1", 1, 1, (37,)),
+    ("decode b2", 2, 1, (32, 16)),  # the longest past ends on a block boundary
+    ("decode b8", 8, 1, (5, 37, 0, 16, 17, 100, 3, 64)),
+    ("chunk b1", 1, 5, (20,)),
+)
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    case: str
+    output: str
+    cosine: float
+    max_abs_diff: float
+    ref_max_abs: float
+    top1: float | None  # logits only: share of rows whose argmax agrees
+    min_cosine: float
+
+    @property
+    def passed(self) -> bool:
+        return self.cosine >= self.min_cosine
+
+    def line(self) -> str:
+        top1 = f"  top-1 {self.top1:.3f}" if self.top1 is not None else ""
+        return (
+            f"{self.case:<11} {self.output:<7} cosine {self.cosine:.6f}  max|Δ| {self.max_abs_diff:.2e} "
+            f"of {self.ref_max_abs:.1f}{top1}  {'ok' if self.passed else 'FAIL'}"
+        )
+
+
+@dataclass(frozen=True)
+class _Shape:
+    layers: int
+    block_size: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    position_rank: int
+    media_width: int | None
+    kv_dtype: np.dtype
+
+
+def _shape_of(graph: Path) -> _Shape:
+    model = onnx.load(str(graph), load_external_data=False)
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    outputs = {o.name: o.type.tensor_type for o in model.graph.output}
+    kv = inputs["key_cache.0"]
+    dims = [d.dim_value for d in kv.shape.dim]
+    media = inputs.get(io.MEDIA_EMBEDS)
+    return _Shape(
+        layers=sum(1 for name in inputs if name.startswith("key_cache.")),
+        block_size=dims[1],
+        kv_heads=dims[2],
+        head_dim=dims[3],
+        vocab=outputs[io.LOGITS].shape.dim[2].dim_value,
+        position_rank=len(inputs[io.POSITION_IDS].shape.dim),
+        media_width=media.shape.dim[1].dim_value if media is not None else None,
+        kv_dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kv.elem_type)),
+    )
+
+
+def _feeds(shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    blocks = max(1, -(-max(past) // shape.block_size))
+    tables = 1 + rng.permutation(batch * blocks).reshape(batch, blocks)
+    positions = np.asarray(past)[:, None] + np.arange(seq)
+    feeds = {
+        io.INPUT_IDS: rng.integers(0, shape.vocab, (batch, seq)),
+        io.POSITION_IDS: np.broadcast_to(positions, (3, batch, seq))
+        if shape.position_rank == 3
+        else positions,
+        io.PAST_LENS: np.asarray(past),
+        io.BLOCK_TABLES: tables,
+        io.LOGIT_INDEX: np.broadcast_to(np.arange(seq), (batch, seq)),
+    }
+    feeds = {name: np.ascontiguousarray(value, np.int64) for name, value in feeds.items()}
+    pool = rng.standard_normal(
+        (shape.layers, 2, 1 + batch * blocks, shape.block_size, shape.kv_heads, shape.head_dim)
+    )
+    feeds[io.KV_POOL] = pool.astype(shape.kv_dtype)
+    if shape.media_width is not None:  # text-only steps: one zero row, no row taken
+        feeds[io.MEDIA_EMBEDS] = np.zeros((1, shape.media_width), np.float32)
+        feeds[io.MEDIA_ROWS] = np.full((batch, seq), -1, np.int64)
+    return feeds
+
+
+def _fill_past(shape: _Shape, feeds: dict[str, np.ndarray], session: ort.InferenceSession, seed: int) -> None:
+    """Write the K/V of a prefill of each sequence's past (random tokens) into its blocks."""
+    past = feeds[io.PAST_LENS]
+    batch, longest = len(past), int(past.max())
+    prefill = _feeds(shape, batch, longest, (0,) * batch, seed + 1000)
+    new_kv = _run(session, prefill)[1]  # [L, 2, B, longest, KVH, D]
+    pool, tables = feeds[io.KV_POOL], feeds[io.BLOCK_TABLES]
+    for row, length in enumerate(past):
+        positions = np.arange(length)
+        blocks, offsets = tables[row, positions // shape.block_size], positions % shape.block_size
+        pool[:, :, blocks, offsets] = new_kv[:, :, row, :length]
+
+
+def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    names = {i.name for i in session.get_inputs()}
+    given = {name: value for name, value in feeds.items() if name in names}
+    if io.KV_POOL not in names:  # the portable graph takes the pool per layer
+        pool = feeds[io.KV_POOL]
+        for index, name in enumerate(io.kv_input_names(pool.shape[0])):
+            given[name] = np.ascontiguousarray(pool[index // 2, index % 2])
+    if io.MEDIA_EMBEDS in names:
+        given[io.MEDIA_EMBEDS] = given[io.MEDIA_EMBEDS].astype(
+            np.float16
+            if "float16" in next(i.type for i in session.get_inputs() if i.name == io.MEDIA_EMBEDS)
+            else np.float32
+        )
+    return session.run([io.LOGITS, io.NEW_KV], given)
+
+
+def _check(case: str, output: str, ref: np.ndarray, got: np.ndarray, min_cosine: float) -> EngineCheck:
+    ref64, got64 = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    cosine = float(ref64 @ got64 / max(np.linalg.norm(ref64) * np.linalg.norm(got64), 1e-30))
+    top1 = None
+    if output == io.LOGITS:
+        top1 = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
+    return EngineCheck(
+        case, output, cosine, float(np.abs(ref64 - got64).max()), float(np.abs(ref64).max()), top1, min_cosine
+    )
+
+
+def _without_activation_qdq(graph: Path) -> onnx.ModelProto:
+    """The graph with every QuantizeLinear → DequantizeLinear pair on an activation bypassed."""
+    model = onnx.load(str(graph), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    quantised = {
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in constants
+    }
+    bypass = {
+        n.output[0]: quantised[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantised
+    }
+    kept = [n for n in model.graph.node if n.output[0] not in bypass and n.output[0] not in quantised]
+    for node in kept:
+        node.input[:] = [bypass.get(name, name) for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def compare_engine(reference: Path, engine: Path, min_cosine: float, threads: int = 0) -> list[EngineCheck]:
+    shape = _shape_of(reference)
+    exact = ort.SessionOptions()
+    exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact.intra_op_num_threads = threads
+    fused = ort.SessionOptions()
+    fused.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    stripped = _without_activation_qdq(reference)
+    if len(stripped.graph.node) != len(onnx.load(str(reference), load_external_data=False).graph.node):
+        source = reference.with_name(f".{reference.stem}.reference.onnx")  # beside its external data
+        try:
+            onnx.save(stripped, str(source))
+            ref_session = ort.InferenceSession(str(source), exact, providers=providers)
+        finally:
+            source.unlink(missing_ok=True)
+    else:
+        ref_session = ort.InferenceSession(str(reference), exact, providers=providers)
+    del stripped
+    engine_session = ort.InferenceSession(str(engine), fused, providers=providers)
+    checks = []
+    for seed, (case, batch, seq, past) in enumerate(CASES):
+        feeds = _feeds(shape, batch, seq, past, seed)
+        if max(past):
+            _fill_past(shape, feeds, ref_session, seed)
+        ref, got = _run(ref_session, feeds), _run(engine_session, feeds)
+        checks.append(_check(case, io.LOGITS, ref[0], got[0], min_cosine))
+        checks.append(_check(case, io.NEW_KV, ref[1], got[1], min_cosine))
+    return checks
+
+
+def as_dicts(checks: list[EngineCheck]) -> list[dict]:
+    return [asdict(c) | {"passed": c.passed} for c in checks]
