@@ -5,7 +5,7 @@ cannot see the dynamo exporter's patterns, so its engine step fuses its copy her
 
 - onnxscript's ort_fusions: RMSNorm → SimplifiedLayerNormalization, residual add + RMSNorm →
   SkipSimplifiedLayerNormalization, `x·cos + rotate_half(x)·sin` → (intermediate) rotary;
-- ours (paged_attention.py): the paged-KV attention → GroupQueryAttention with rotary →
+- ours (rotary.py): GLM's interleaved partial rotary → (intermediate) rotary; (paged_attention.py): the paged-KV attention → GroupQueryAttention with rotary →
   com.microsoft.RotaryEmbedding; new_kv.py: the `new_kv` output in one Concat;
   matmul_nbits.py: block-quantised weights → MatMulNBits / GatherBlockQuantized, with the
   projections that read one input packed into one MatMulNBits;
@@ -30,6 +30,7 @@ from builder.build.ort_fusion.kv_pool import fuse_kv_pool
 from builder.build.ort_fusion.matmul_nbits import fuse_matmul_nbits
 from builder.build.ort_fusion.new_kv import fuse_new_kv
 from builder.build.ort_fusion.paged_attention import PagedAttentionToGQA
+from builder.build.ort_fusion.rotary import InterleavedPartialRotary
 from runtime import decoder_io as io
 from runtime.engines.onnxruntime import BATCHED_PREFILL_WITH_PAST
 
@@ -62,6 +63,12 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
     record("rotary (x·cos + rotate_half(x)·sin)", fuse_rotary_embedding(model), "onnxscript")
     inputs = {value.name: value for value in model.graph.inputs}
     if io.INPUT_IDS in inputs and io.PAST_LENS in inputs:
+        glm_rotary = pattern.RewriteRuleSet([InterleavedPartialRotary.rule(inputs[io.INPUT_IDS])])
+        record(
+            "rotary, interleaved partial (GLM) → RotaryEmbedding",
+            glm_rotary.apply_to_model(model),
+            "autoglm-trt",
+        )
         rule = PagedAttentionToGQA.rule(inputs[io.INPUT_IDS], inputs[io.PAST_LENS])
         fused = pattern.RewriteRuleSet([rule]).apply_to_model(model)
         record("GroupQueryAttention (paged)", fused, "autoglm-trt")

@@ -8,11 +8,10 @@ sit after the valid ones, so no valid row sees them, as in the exported graph),
 `total_sequence_length = max(past_lens) + S` and the past cut to max(past_lens) positions.
 
 Rotary: where onnxscript's rotary fusion recognised `x·cos + rotate_half(x)·sin` (its intermediate
-`ai.onnxruntime._fusion.RotaryEmbedding` over [B, H, S, D]), q and k are rotated by
-com.microsoft.RotaryEmbedding on the projections' [B, S, H·D] outputs directly. Its cache is the
-graph's own cos/sin rows, one per token ([B·S, D/2]), indexed by the token's row number, so any
-position scheme computed in the graph carries over unchanged. Otherwise (e.g. GLM's interleaved
-partial rotary) q and k keep their own rotary nodes and are reshaped for GQA.
+`ai.onnxruntime._fusion.RotaryEmbedding` over [B, H, S, D]) or rotary.py GLM's interleaved partial
+rotary (com.microsoft.RotaryEmbedding over [B, H, S, D]), q and k are rotated by
+com.microsoft.RotaryEmbedding on the projections' [B, S, H·D] outputs directly, over the graph's own
+per-token cos/sin (rotary.py). Otherwise q and k keep their own rotary nodes and are reshaped for GQA.
 
 ORT's CPU GQA rejects batch > 1 with several new tokens and a non-empty past (prefix reuse during a
 batched prefill); the engine says so in its metadata (runtime/engines/onnxruntime.py), and the runtime runs such batches one
@@ -24,7 +23,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import _ir_utils, pattern
 
-FUSION_DOMAIN = "ai.onnxruntime._fusion"  # onnxscript's intermediate ops
+from builder.build.ort_fusion.rotary import FUSION_DOMAIN, rotary_cache
+
 BHSD_TO_BSHD = [0, 2, 1, 3]
 
 
@@ -103,34 +103,25 @@ class PagedAttentionToGQA(pattern.RewriteRuleClassBase):
         )
 
     def _tokens_major(self, op, x, heads: int):
-        """[B, H, S, D] → [B, S, H·D], looking through the exporter's own Reshape/Transpose and
-        onnxscript's intermediate rotary (replaced by ORT's, which works on [B, S, H·D])."""
+        """[B, H, S, D] → [B, S, H·D], looking through the exporter's own Reshape/Transpose and a
+        rotary over the heads (redone by ORT's RotaryEmbedding on the [B, S, H·D] tensor)."""
         rotary = x.producer()
-        if rotary is not None and rotary.op_type == "RotaryEmbedding" and rotary.domain == FUSION_DOMAIN:
-            source = _split_heads_source(rotary.inputs[0].producer())
-        else:
+        if rotary is None or rotary.op_type != "RotaryEmbedding":
             rotary, source = None, _split_heads_source(rotary)
+        else:
+            source = _split_heads_source(rotary.inputs[0].producer())
         if source is None:  # some other head layout (or rotary over one): transpose it back
             return op.Reshape(op.Transpose(x, perm=BHSD_TO_BSHD), op.Constant(value_ints=[0, 0, -1]))
         if rotary is None:
             return source
-        cos_cache, sin_cache, positions = self._rotary_cache(op, rotary.inputs[1], rotary.inputs[2])
+        if rotary.domain == FUSION_DOMAIN:  # onnxscript's (x, cos, sin), Llama's halves
+            inputs, attributes = rotary_cache(op, self.input_ids, *rotary.inputs[1:3], interleaved=False), {}
+        else:  # ORT's already (rotary.py)
+            inputs = rotary.inputs[1:]
+            attributes = {name: attr.value for name, attr in rotary.attributes.items()}
         return op.RotaryEmbedding(
-            source, positions, cos_cache, sin_cache, num_heads=heads, _domain="com.microsoft"
+            source, *inputs, **(attributes | {"num_heads": heads}), _domain="com.microsoft"
         )
-
-    def _rotary_cache(self, op, cos, sin):
-        """cos/sin [..., D] per token (duplicated halves) → caches [B·S, D/2] and row indices [B, S]."""
-        half = cos.shape[-1] // 2
-        rows = op.Constant(value_ints=[-1, half])
-        start, end, axis = (op.Constant(value_ints=[v]) for v in (0, half, -1))
-        cos_cache = op.Reshape(op.Slice(cos, start, end, axis), rows)
-        sin_cache = op.Reshape(op.Slice(sin, start, end, axis), rows)
-        count = op.Size(self.input_ids)
-        positions = op.Reshape(
-            op.Range(op.Constant(value_int=0), count, op.Constant(value_int=1)), op.Shape(self.input_ids)
-        )
-        return cos_cache, sin_cache, positions
 
 
 def _split_heads_source(node: ir.Node | None) -> ir.Value | None:
