@@ -24,7 +24,7 @@ def _ops(path) -> Counter:
 
 
 def test_fused_decoders_run_gqa_over_the_whole_pool(built):
-    model_dir, engines = built
+    _, engines = built
     manifest = Manifest.load(engines)
     layers = manifest.decoder["num_layers"]
     for precision in ("fp32",):
@@ -33,15 +33,14 @@ def test_fused_decoders_run_gqa_over_the_whole_pool(built):
         assert report["fusions"]["GroupQueryAttention (paged)"] == layers
         assert report["fusions"]["kv_pool: one Gather for every layer's past"] == layers
         before, after = report["nodes_per_layer"]
-        assert after < before / 3, report["nodes_per_layer"]
+        assert after < before / 2, report["nodes_per_layer"]
         assert report["validation"]["checks"] and all(c["passed"] for c in report["validation"]["checks"])
         names = [spec.name for spec in entry.inputs]
         assert io.KV_POOL in names and "key_cache.0" not in names
         ops = _ops(engines / entry.file)
         assert ops["GroupQueryAttention"] == layers and ops["Softmax"] == 0
         assert ops["SkipSimplifiedLayerNormalization"] >= 2 * layers - 1
-        if manifest.model["family"] == "llama":  # onnxscript's rotary pattern matches Llama's
-            assert ops["RotaryEmbedding"] == 2 * layers
+        assert ops["RotaryEmbedding"] == 2 * layers  # Llama's halves (onnxscript), GLM's pairs (ours)
 
 
 @pytest.mark.parametrize(("bits", "block", "k"), [(4, 32, 96), (4, 32, 80), (8, 128, 96)])
