@@ -10,8 +10,9 @@ into MatMulNBits / GatherBlockQuantized):
   (-8 is never used, so the grid is symmetric); a K not divisible by bs has a shorter last block,
   which the ONNX spec allows (scale rows = ceil(K/bs)).
 
-The tied embedding (lm_head's weight [H, V] equal to the transpose of the embedding Gather's
-table [V, H], as the dynamo export writes SmolLM2) is stored once, per vocab row:
+The tied embedding (the lm_head reading the embedding Gather's table [V, H] transposed: torch's
+dynamo export writes SmolLM2's as a Transpose node of the table; a stored [H, V] copy equal to the
+transpose is recognised too) is stored once, per vocab row:
     Tq [V, H] → DequantizeLinear (`<T>_dq`) → Gather(·, input_ids)            (embedding)
                                            → Transpose(perm=[1, 0]) → MatMul   (lm_head)
 int8: scale [V], axis 0; int4: blocks along H, scale [V, ceil(H/bs)], axis 1. Untied embedding
