@@ -1,7 +1,9 @@
 """One engine call over a batch of sequences, with their K/V in a paged pool owned here.
 
 The pool is one array [L, 2, NB, bs, KVH, D] in the engine's KV dtype; each layer's K and V are
-handed to the engine as contiguous views. After the call, this call's K/V (`new_kv`) are written
+handed to the engine as contiguous views, or, for engines that take it whole (`kv_pool`), the array
+itself, in the layout they name ([L, 2, NB, KVH, bs, D] for fused ONNX Runtime engines). After the
+call, this call's K/V (`new_kv`) are written
 into the sequences' blocks in place, in one fancy-indexed assignment.
 """
 
@@ -54,8 +56,16 @@ class PagedTextDecoder:
         self.kv = kv
         self.kv_names = io.kv_input_names(limits.num_layers)
         dtype = engine.input_dtypes[io.kv_dtype_input(engine.input_dtypes)]
+        block = (limits.block_size, limits.num_kv_heads)
+        self.heads_major = engine.heads_major_pool
         self.pool = np.zeros(
-            (limits.num_layers, 2, kv.num_blocks, limits.block_size, limits.num_kv_heads, limits.head_dim),
+            (
+                limits.num_layers,
+                2,
+                kv.num_blocks,
+                *(block[::-1] if self.heads_major else block),
+                limits.head_dim,
+            ),
             dtype,
         )
         if io.KV_POOL in engine.input_dtypes:  # the engine reads the pool whole
@@ -93,7 +103,9 @@ class PagedTextDecoder:
             n = len(item.token_ids)
             ids[row, :n] = item.token_ids
             positions[:, row, :n] = item.past_len + np.arange(n) if item.positions is None else item.positions
-            tables.append(self.kv.block_table(item.request_id)[: -(-item.past_len // bs)])
+            # The blocks of the past and of these new tokens (allocated by the caller): fused engines
+            # hand GroupQueryAttention a buffer with room for both (ort_fusion/paged_attention.py).
+            tables.append(self.kv.block_table(item.request_id)[: -(-(item.past_len + n) // bs)])
         if all_logits:
             logit_index = np.broadcast_to(np.arange(seq), (size, seq)).copy()
         else:
@@ -146,4 +158,8 @@ class PagedTextDecoder:
             blocks.append(block_ids)
             offsets.append(block_offsets)
         rows, cols = np.concatenate(rows), np.concatenate(cols)
-        self.pool[:, :, np.concatenate(blocks), np.concatenate(offsets)] = new_kv[:, :, rows, cols]
+        blocks, offsets = np.concatenate(blocks), np.concatenate(offsets)
+        if self.heads_major:  # [L, 2, NB, KVH, bs, D]: the indexed axes come first, [T, L, 2, KVH, D]
+            self.pool[:, :, blocks, :, offsets] = np.moveaxis(new_kv[:, :, rows, cols], 2, 0)
+        else:
+            self.pool[:, :, blocks, offsets] = new_kv[:, :, rows, cols]

@@ -19,6 +19,9 @@ class Engine(ABC):
     # False where a call may not mix several sequences, several new tokens each, and a cached past
     # (ORT's CPU GroupQueryAttention); the decoder then runs such a batch one sequence at a time.
     batched_prefill_with_past: bool = True
+    # True where the engine reads the pool [L, 2, NB, KVH, bs, D] (heads before tokens in a block)
+    # instead of [L, 2, NB, bs, KVH, D]; runtime/paged_decoder.py allocates and writes that layout.
+    heads_major_pool: bool = False
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]: ...

@@ -9,8 +9,12 @@ import onnxruntime as ort
 
 from runtime.engines.base import Engine
 
-# Model metadata key the ORT engine step writes (builder/build/ort_fusion/paged_attention.py).
+# Model metadata the ORT engine step writes (builder/build/ort_fusion/): whether a call may batch
+# several sequences' new tokens over a cached past, and the layout of a whole-pool `kv_pool` input.
 BATCHED_PREFILL_WITH_PAST = "autoglm_trt.batched_prefill_with_past"
+KV_LAYOUT = "autoglm_trt.kv_layout"
+HEADS_MAJOR = "L,2,NB,KVH,bs,D"  # each block holds its heads' tokens contiguously
+TOKENS_MAJOR = "L,2,NB,bs,KVH,D"  # the portable graph's per-layer inputs, stacked
 
 
 class OnnxRuntimeEngine(Engine):
@@ -26,6 +30,7 @@ class OnnxRuntimeEngine(Engine):
         self.input_dtypes = {i.name: np.dtype(ort_type_to_numpy(i.type)) for i in self.session.get_inputs()}
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.batched_prefill_with_past = metadata.get(BATCHED_PREFILL_WITH_PAST, "true") == "true"
+        self.heads_major_pool = metadata.get(KV_LAYOUT, TOKENS_MAJOR) == HEADS_MAJOR
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         # IOBinding reads the caller's arrays in place; session.run() would copy every input,

@@ -24,6 +24,7 @@ import onnx
 import onnxruntime as ort
 
 from runtime import decoder_io as io
+from runtime.engines.onnxruntime import HEADS_MAJOR, KV_LAYOUT
 
 # (name, batch, new tokens, past lengths)
 CASES = (
@@ -91,7 +92,7 @@ def _shape_of(graph: Path) -> _Shape:
 
 def _feeds(shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    blocks = max(1, -(-max(past) // shape.block_size))
+    blocks = -(-(max(past) + seq) // shape.block_size)  # the past's and the new tokens' blocks
     tables = 1 + rng.permutation(batch * blocks).reshape(batch, blocks)
     positions = np.asarray(past)[:, None] + np.arange(seq)
     feeds = {
@@ -130,8 +131,10 @@ def _fill_past(shape: _Shape, feeds: dict[str, np.ndarray], session: ort.Inferen
 def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     names = {i.name for i in session.get_inputs()}
     given = {name: value for name, value in feeds.items() if name in names}
+    pool = feeds[io.KV_POOL]  # [L, 2, NB, bs, KVH, D]
+    if session.get_modelmeta().custom_metadata_map.get(KV_LAYOUT) == HEADS_MAJOR:
+        given[io.KV_POOL] = np.ascontiguousarray(pool.transpose(0, 1, 2, 4, 3, 5))
     if io.KV_POOL not in names:  # the portable graph takes the pool per layer
-        pool = feeds[io.KV_POOL]
         for index, name in enumerate(io.kv_input_names(pool.shape[0])):
             given[name] = np.ascontiguousarray(pool[index // 2, index % 2])
     if io.MEDIA_EMBEDS in names:

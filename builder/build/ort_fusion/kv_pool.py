@@ -1,54 +1,45 @@
-"""Read the whole KV pool as one input with one Gather, instead of six nodes per layer.
+"""Read the whole KV pool as one input, laid out so one Gather yields every layer's past in GQA's
+layout, instead of a Gather, Reshape and Transpose per layer and per K/V.
 
-The portable graph takes the pool per layer (`key_cache.{l}`, `value_cache.{l}` [NB, bs, KVH, D])
-and every layer gathers, reshapes and transposes its own past. The runtime already keeps the pool
-as one array [L, 2, NB, bs, KVH, D] (runtime/paged_decoder.py), so the ORT engine takes it whole
-as `kv_pool` and gathers every layer's blocks at once:
+The portable graph takes the pool per layer (`key_cache.{l}`, `value_cache.{l}` [NB, bs, KVH, D]).
+The ORT engine takes it whole as `kv_pool` [L, 2, NB, KVH, bs, D] (heads before tokens within a
+block; the runtime allocates what the engine's metadata names, runtime/engines/onnxruntime.py) and
+gathers (block, head) rows, so no copy is spent on a transpose:
 
-    Gather(kv_pool, blocks, axis=2)  [L, 2, B·M, bs, KVH, D]
-    Reshape                          [2L·B, M·bs, KVH, D]
-    Transpose                        [2L·B, KVH, M·bs, D]
-    Slice                            [2L·B, KVH, P, D]   P = max(past_lens), as GQA wants it
-    Split(num_outputs=2L)            2L × [B, KVH, P, D], layer-major, K before V
+    idx  = block_tables[b, m]·KVH + h                 [B, KVH, M]   (small)
+    Gather(kv_pool as [L, 2, NB·KVH, bs, D], idx)     [L, 2, B, KVH, M, bs, D]
+    Reshape                                          [2L·B, KVH, M·bs, D]
+    Split(num_outputs=2L)                            2L × [B, KVH, P, D], layer-major, K before V
 
 which is what each layer's GroupQueryAttention reads as its past.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
+from builder.build.ort_fusion.graph_edit import constant, take_over
 from runtime import decoder_io as io
+from runtime.engines.onnxruntime import HEADS_MAJOR, KV_LAYOUT
 
 
 def _past_chain(cache: ir.Value) -> list[ir.Node] | None:
-    """[Gather, Reshape, Transpose, Slice] consuming `cache`, when that is all that reads it."""
+    """[Gather, Reshape, Transpose] consuming `cache`, when that is all that reads it."""
     uses = list(cache.uses())
     if len(uses) != 1:
         return None
-    gather = uses[0].node
-    chain = [gather]
-    for op_type in ("Reshape", "Transpose", "Slice"):
+    chain = [uses[0].node]
+    for op_type in ("Reshape", "Transpose"):
         users = list(chain[-1].outputs[0].uses())
         if len(users) != 1 or users[0].node.op_type != op_type:
             return None
         chain.append(users[0].node)
-    if gather.op_type != "Gather" or gather.attributes.get_int("axis", 0) != 0:
+    if chain[0].op_type != "Gather" or chain[0].attributes.get_int("axis", 0) != 0:
         return None
     if list(chain[2].attributes["perm"].as_ints()) != [0, 2, 1, 3]:
         return None
     return chain
-
-
-def _constant(graph: ir.Graph, name: str, values: list[int]) -> ir.Value:
-    value = ir.Value(
-        name=name,
-        shape=ir.Shape([len(values)]),
-        type=ir.TensorType(ir.DataType.INT64),
-        const_value=ir.tensor(values, dtype=ir.DataType.INT64, name=name),
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def fuse_kv_pool(model: ir.Model) -> int:
@@ -61,40 +52,49 @@ def fuse_kv_pool(model: ir.Model) -> int:
     if not layers or any(name not in inputs for name in names):
         return 0
     chains = [_past_chain(inputs[name]) for name in names]
-    if any(chain is None for chain in chains) or len({c[0].inputs[1] for c in chains}) != 1:
-        return 0
-    if len({tuple(c[3].inputs[1:]) for c in chains}) != 1:  # one cut for every layer
+    if any(chain is None for chain in chains):
         return 0
     first = inputs[names[0]]
     _, block_size, kv_heads, head_dim = first.shape
-    blocks, tables = chains[0][0].inputs[1], inputs[io.BLOCK_TABLES]
     pool = ir.Value(
         name=io.KV_POOL,
-        shape=ir.Shape([layers, 2, first.shape[0], block_size, kv_heads, head_dim]),
+        shape=ir.Shape([layers, 2, first.shape[0], kv_heads, block_size, head_dim]),
         type=first.type,
     )
     graph.inputs.append(pool)
+    tables = inputs[io.BLOCK_TABLES]
 
-    # [2L·B, M·bs, KVH, D] from block_tables' [B, M]
-    table_shape = ir.node("Shape", [tables], name="kv_pool/table_shape")
-    rows = ir.node("Mul", [table_shape.outputs[0], _constant(graph, "kv_pool/scale", [2 * layers, block_size])],
-                   name="kv_pool/rows")  # fmt: skip
-    shape = ir.node("Concat", [rows.outputs[0], _constant(graph, "kv_pool/head", [kv_heads, head_dim])],
-                    attributes={"axis": 0}, name="kv_pool/shape")  # fmt: skip
-    gather = ir.node("Gather", [pool, blocks], attributes={"axis": 2}, name="kv_pool/gather")
-    reshape = ir.node("Reshape", [gather.outputs[0], shape.outputs[0]], name="kv_pool/reshape")
-    transpose = ir.node(
-        "Transpose", [reshape.outputs[0]], attributes={"perm": [0, 2, 1, 3]}, name="kv_pool/transpose"
+    def node(op_type: str, inputs: list, **attributes) -> ir.Node:
+        made = ir.node(op_type, inputs, attributes=attributes, name=f"kv_pool/{op_type}", num_outputs=1)
+        nodes.append(made)
+        return made.outputs[0]
+
+    nodes: list[ir.Node] = []
+    rows = node("Reshape", [pool, constant(graph, "kv_pool/rows", [layers, 2, -1, block_size, head_dim])])
+    per_head = node("Mul", [node("Unsqueeze", [tables, constant(graph, "kv_pool/last", [-1])]),
+                            constant(graph, "kv_pool/heads", [kv_heads])])  # fmt: skip
+    index = node("Add", [per_head, constant(graph, "kv_pool/head", np.arange(kv_heads))])  # [B, M, KVH]
+    index = node("Transpose", [index], perm=[0, 2, 1])  # [B, KVH, M]
+    gathered = node("Gather", [rows, index], axis=2)  # [L, 2, B, KVH, M, bs, D]
+    # [2L·B, KVH, M·bs, D] from block_tables' [B, M] (batch and block count are dynamic)
+    batch = node(
+        "Mul", [node("Shape", [tables], start=0, end=1), constant(graph, "kv_pool/layers", [2 * layers])]
     )
-    cut = ir.node("Slice", [transpose.outputs[0], *chains[0][3].inputs[1:]], name="kv_pool/cut")
-    split = ir.node("Split", [cut.outputs[0]], attributes={"axis": 0, "num_outputs": 2 * layers},
-                    num_outputs=2 * layers, name="kv_pool/split")  # fmt: skip
-    graph.insert_before(chains[0][0], [table_shape, rows, shape, gather, reshape, transpose, cut, split])
+    tokens = node(
+        "Mul", [node("Shape", [tables], start=1, end=2), constant(graph, "kv_pool/block", [block_size])]
+    )
+    shape = node("Concat", [batch, constant(graph, "kv_pool/kvh", [kv_heads]), tokens,
+                            constant(graph, "kv_pool/d", [head_dim])], axis=0)  # fmt: skip
+    pasts = node("Reshape", [gathered, shape])
+    split = ir.node("Split", [pasts], attributes={"axis": 0, "num_outputs": 2 * layers},
+                    num_outputs=2 * layers, name="kv_pool/Split")  # fmt: skip
+    nodes.append(split)
+    graph.insert_before(chains[0][0], nodes)
     for chain, past in zip(chains, split.outputs, strict=True):
-        past.type, past.shape = chain[3].outputs[0].type, chain[3].outputs[0].shape
-        chain[3].outputs[0].replace_all_uses_with(past)
-        for node in reversed(chain):
-            graph.remove(node, safe=True)
+        take_over(chain[2].outputs[0], past)
+        for old in reversed(chain):
+            graph.remove(old, safe=True)
     for name in names:
         graph.inputs.remove(inputs[name])
+    model.metadata_props[KV_LAYOUT] = HEADS_MAJOR
     return layers

@@ -21,6 +21,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from builder.build.ort_fusion.graph_edit import constant, take_over
+
 INT8_BLOCK = 128  # per-channel int8 scales are repeated over blocks of this many K values
 DEFAULT_ACCURACY_LEVEL = 4  # int8 compute over the dequantised blocks (0: float compute)
 
@@ -231,15 +233,12 @@ def pack_shared_inputs(model: ir.Model) -> int:
         attributes = {name: attr.value for name, attr in first.attributes.items()} | {"N": sum(sizes)}
         packed = ir.node("MatMulNBits", [first.inputs[0], b_value, s_value], attributes=attributes,
                          domain="com.microsoft", name=f"{first.name}/packed")  # fmt: skip
-        split_sizes = ir.Value(name=f"{base}_split", const_value=ir.tensor(np.array(sizes, np.int64), name=f"{base}_split"),
-                               type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([len(sizes)]))  # fmt: skip
-        graph.register_initializer(split_sizes)
+        split_sizes = constant(graph, f"{base}_split", sizes)
         split = ir.node("Split", [packed.outputs[0], split_sizes], attributes={"axis": -1}, num_outputs=len(nodes),
                         name=f"{first.name}/split")  # fmt: skip
         graph.insert_before(first, [packed, split])
         for node, out in zip(nodes, split.outputs, strict=True):
-            out.type, out.shape = node.outputs[0].type, node.outputs[0].shape
-            node.outputs[0].replace_all_uses_with(out)
+            take_over(node.outputs[0], out)
             graph.remove(node, safe=True)
         saved += len(nodes) - 2
     return saved

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from builder.build.ort_fusion.graph_edit import constant, take_over
 from runtime import decoder_io as io
 
 
@@ -45,29 +46,13 @@ def fuse_new_kv(model: ir.Model) -> int:
     _, kv_heads, head_dim = pieces[0]
     layers = len(pieces)
 
-    def constant(values: list[int], name: str) -> ir.Value:
-        tensor = ir.tensor(values, dtype=ir.DataType.INT64, name=name)
-        value = ir.Value(
-            name=name,
-            shape=ir.Shape([len(values)]),
-            type=ir.TensorType(ir.DataType.INT64),
-            const_value=tensor,
-        )
-        graph.register_initializer(value)
-        return value
-
     joined = ir.node("Concat", [p[0] for p in pieces], attributes={"axis": -1}, name="new_kv/concat")
-    shape = constant([0, 0, layers, 2, kv_heads, head_dim], "new_kv/shape")
+    shape = constant(graph, "new_kv/shape", [0, 0, layers, 2, kv_heads, head_dim])
     split = ir.node("Reshape", [joined.outputs[0], shape], name="new_kv/reshape")
     # [B, S, L, 2, KVH, D] → [L, 2, B, S, KVH, D]
     final = ir.node(
         "Transpose", [split.outputs[0]], attributes={"perm": [2, 3, 0, 1, 4, 5]}, name="new_kv/transpose"
     )
     graph.insert_before(stack, [joined, split, final])
-    final.outputs[0].dtype = output.dtype
-    final.outputs[0].shape = output.shape
-    output.replace_all_uses_with(final.outputs[0], replace_graph_outputs=True)
-    name = output.name
-    output.name = f"{name}.unfused"
-    final.outputs[0].name = name
+    take_over(output, final.outputs[0])
     return 1

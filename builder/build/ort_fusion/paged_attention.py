@@ -4,8 +4,10 @@ The exported graph reads each layer's past K/V with a Gather of whole pool block
 [past ; new] with a mask built from `past_lens` and a causal mask over the new tokens. GQA
 (com.microsoft) does exactly that when handed the gathered past in BNSH layout with
 `seqlens_k = past_lens + S - 1` (every sequence's new tokens are right-padded to S; the padded rows
-sit after the valid ones, so no valid row sees them, as in the exported graph),
-`total_sequence_length = max(past_lens) + S` and the past cut to max(past_lens) positions.
+sit after the valid ones, so no valid row sees them, as in the exported graph) and
+`total_sequence_length = max(past_lens) + S`. GQA treats a past buffer at least that long as a
+static cache, reading each sequence's first past_lens positions: the block tables cover the new
+tokens' blocks too (runtime/paged_decoder.py), so the gathered buffer always is.
 
 Rotary: where onnxscript's rotary fusion recognised `x·cos + rotate_half(x)·sin` (its intermediate
 `ai.onnxruntime._fusion.RotaryEmbedding` over [B, H, S, D]) or rotary.py GLM's interleaved partial
@@ -75,16 +77,10 @@ class PagedAttentionToGQA(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, q, k, v, key_cache, value_cache, blocks, past_shape, scale, **_):
         num_heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[3]
-        # GQA's past is a dynamic cache: `total_sequence_length` = its length + S, so the gathered
-        # blocks are cut to the longest past (each sequence's own length comes from seqlens_k).
-        longest = op.ReduceMax(self.past_lens, keepdims=1)  # [1]
         k_past, v_past = (
-            op.Slice(
-                op.Transpose(op.Reshape(op.Gather(cache, blocks, axis=0), past_shape), perm=BHSD_TO_BSHD),
-                op.Constant(value_ints=[0]), longest, op.Constant(value_ints=[2]),
-            )
+            op.Transpose(op.Reshape(op.Gather(cache, blocks, axis=0), past_shape), perm=BHSD_TO_BSHD)
             for cache in (key_cache, value_cache)
-        )  # fmt: skip
+        )
         q3, k3, v3 = (self._tokens_major(op, x, h) for x, h in ((q, num_heads), (k, kv_heads), (v, kv_heads)))
         seq = op.Shape(self.input_ids, start=1, end=2)
         totals = op.Add(self.past_lens, seq)  # [B]
