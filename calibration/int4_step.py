@@ -32,7 +32,7 @@ from builder.progress import note, stage
 from calibration.errors import CalibrationError
 from calibration.feeds import CalibrationSet
 from calibration.smoothing import DOWN, GATE_UP, QKV, smoothing_plan
-from calibration.weight_only import Scheme, weight_only
+from calibration.weight_only import INT8, Scheme, weight_only
 
 INT4_VERSION = 2  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
@@ -66,7 +66,7 @@ def set_opset(model: onnx.ModelProto, version: int = OPSET) -> None:
 
 
 def int4_model(
-    fp32: Path, scheme: Scheme, method: Int4Method, data: CalibrationSet | None
+    fp32: Path, scheme: Scheme, method: Int4Method, data: CalibrationSet | None, table_bits: int = 4
 ) -> tuple[onnx.ModelProto, dict]:
     """The int4 graph in memory (weights included) and its summary."""
     model = onnx.load(str(fp32))
@@ -91,11 +91,12 @@ def int4_model(
                 "sites": sites,
                 "not_scaled": plan.unmatched,
             }
-    report = weight_only(model, scheme)
+    report = weight_only(model, scheme, table_scheme=scheme if table_bits == 4 else INT8)
     set_opset(model)
     summary |= {
         "weights": f"int4 symmetric, blocks of {scheme.block_size} along the contracted axis, float32 scales",
         "activations": "float (W4A16)",
+        "tied_table_bits": table_bits if report.tied_embedding else None,
     } | report.as_dict()
     return model, summary
 
@@ -110,13 +111,16 @@ def int4_onnx_from_fp32(
         "int4_version": INT4_VERSION,
         "method": method.value,
         "block_size": cfg.int4_block_size,
+        "table_bits": cfg.int4_table_bits,
         "data_sha256": data.digest if method is Int4Method.awq else None,
     }
     previous = matching_record(record, wanted)
     if graph.is_file() and previous:
         note(f"{name} int4 ONNX up to date: {graph}")
         return Int4Graph(graph, previous["summary"])
-    model, summary = int4_model(fp32, Scheme(4, cfg.int4_block_size), method, data)
+    if cfg.int4_table_bits not in (4, 8):
+        raise CalibrationError(f"--int4-table-bits {cfg.int4_table_bits} is not supported; use 4 or 8")
+    model, summary = int4_model(fp32, Scheme(4, cfg.int4_block_size), method, data, cfg.int4_table_bits)
     short = "awq" if summary["method"] == AWQ_METHOD else "rtn"
     with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {short})"):
         tmp = work / f".{graph.name}.tmp"

@@ -163,11 +163,15 @@ def _contracted_axis(node: onnx.NodeProto) -> int:
 
 
 def weight_only(
-    model: onnx.ModelProto, scheme: Scheme, skip: Iterable[str] = (), tie_embedding: bool = True
+    model: onnx.ModelProto,
+    scheme: Scheme,
+    skip: Iterable[str] = (),
+    tie_embedding: bool = True,
+    table_scheme: Scheme | None = None,
 ) -> WeightOnlyReport:
     """Rewrite, in place, every MatMul/Gemm whose weight is a float 2-D initializer (and whose name
-    is not in `skip`) to read it through a DequantizeLinear; tied embeddings are stored once.
-    The model must hold its weights. Returns what was done."""
+    is not in `skip`) to read it through a DequantizeLinear; tied embeddings are stored once, with
+    `table_scheme` (default: `scheme`). The model must hold its weights. Returns what was done."""
     g = model.graph
     report = WeightOnlyReport()
     inits = {i.name: i for i in g.initializer}
@@ -184,9 +188,10 @@ def weight_only(
         tied = _tied_embedding(g, inits, readers, skip)
         if tied is not None:
             t_name, table, matmul, transpose = tied
-            axis = 1 if scheme.bits == 4 else 0  # blocks along H (int4) / one scale per vocab row (int8)
-            g.initializer.extend(_weight_tensors(t_name, table, scheme, contracted_axis=1))
-            dq = _dq_node(t_name, scheme, axis)
+            tscheme = table_scheme or scheme
+            axis = 1 if tscheme.bits == 4 else 0  # blocks along H (int4) / one scale per vocab row (int8)
+            g.initializer.extend(_weight_tensors(t_name, table, tscheme, contracted_axis=1))
+            dq = _dq_node(t_name, tscheme, axis)
             first = min(position[id(n)] for n in readers[t_name])
             new_nodes.setdefault(first, []).append(dq)
             for node in readers[t_name]:

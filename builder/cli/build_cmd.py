@@ -68,6 +68,13 @@ def build(
             help="int4: awq scales salient input channels from the calibration data; rtn rounds as is."
         ),
     ] = CalibrationConfig.int4_method,
+    int4_table_bits: Annotated[
+        int,
+        typer.Option(
+            help="int4: bits of a tied embedding table (embedding + lm_head): 4 (blocks along H) or 8 "
+            "(per vocab row; larger, more accurate)."
+        ),
+    ] = CalibrationConfig.int4_table_bits,
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
     from builder.build.pipeline import build as run_build
@@ -82,6 +89,8 @@ def build(
             f"--int4-block-size {int4_block_size} is not supported; use one of "
             f"{', '.join(map(str, INT4_BLOCK_SIZES))} (smaller blocks: more accurate, more scales to store)"
         )
+    if int4_table_bits not in (4, 8):
+        raise CalibrationError(f"--int4-table-bits {int4_table_bits} is not supported; use 4 or 8")
     model_dir = open_model_dir(model)
     cfg = BuildConfig(
         export=export_config(model_dir, max_seq_len),
@@ -96,6 +105,7 @@ def build(
             smooth_alpha,
             int4_block_size,
             int4_method,
+            int4_table_bits,
         ),
     )
     with stage(f"build {model_dir.name} → {out}"):
