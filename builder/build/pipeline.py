@@ -47,7 +47,7 @@ ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
 }
 # Bump when a backend's engine step changes what it makes from the same graph (fusions, kernels),
 # so builds redo those engines.
-ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 3, Backend.tensorrt: 1}
+ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 4, Backend.tensorrt: 1}
 
 
 def resolve_backend(requested: Backend) -> Backend:

@@ -194,48 +194,74 @@ class QuantisedGather(pattern.RewriteRuleClassBase):
         )
 
 
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(
+        name=name, const_value=ir.tensor(array, name=name),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
+    )  # fmt: skip
+    graph.register_initializer(value)
+    return value
+
+
+def fold_biases(model: ir.Model) -> int:
+    """MatMulNBits → Add(constant [N]) (GLM's q/k/v biases) → MatMulNBits with its `bias` input."""
+    graph, folded = model.graph, 0
+    for node in list(graph):
+        if node.op_type != "MatMulNBits" or len(node.inputs) > 3:
+            continue
+        uses = list(node.outputs[0].uses())
+        add = uses[0].node if len(uses) == 1 else None
+        if add is None or add.op_type != "Add":
+            continue
+        bias = add.inputs[1 - uses[0].idx]
+        n = node.attributes.get_int("N")
+        if (
+            bias.const_value is None
+            or bias.const_value.numpy().shape != (n,)
+            or bias.dtype != ir.DataType.FLOAT
+        ):
+            continue
+        with_bias = ir.node("MatMulNBits", [*node.inputs, None, None, bias], attributes={k: a.value for k, a in node.attributes.items()},
+                            domain="com.microsoft", name=f"{node.name}/bias")  # fmt: skip
+        graph.insert_before(add, [with_bias])
+        take_over(add.outputs[0], with_bias.outputs[0])
+        graph.remove([add, node], safe=True)
+        folded += 1
+    return folded
+
+
 def pack_shared_inputs(model: ir.Model) -> int:
     """MatMulNBits nodes reading one tensor with the same bits, block and K (q/k/v; gate/up) →
-    one MatMulNBits over the concatenated rows and a Split. Returns the number of nodes saved."""
+    one MatMulNBits over the concatenated rows (and biases) and a Split. Returns the nodes saved."""
     graph = model.graph
     groups: dict[tuple, list[ir.Node]] = defaultdict(list)
     for node in graph:
-        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft" and len(node.inputs) == 3:
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
             a = node.attributes
-            key = (
-                id(node.inputs[0]),
-                a.get_int("bits"),
-                a.get_int("block_size"),
-                a.get_int("K"),
-                a.get_int("accuracy_level", 0),
-            )
-            if all(v.const_value is not None and len(list(v.uses())) == 1 for v in node.inputs[1:]):
+            bias = node.inputs[5] if len(node.inputs) > 5 else None
+            key = (id(node.inputs[0]), a.get_int("bits"), a.get_int("block_size"), a.get_int("K"),
+                   a.get_int("accuracy_level", 0), bias is not None)  # fmt: skip
+            constants = [node.inputs[1], node.inputs[2], *([bias] if bias is not None else [])]
+            plain = all(v is None for v in node.inputs[3:5])  # no zero points, no g_idx
+            if plain and all(v.const_value is not None and len(list(v.uses())) == 1 for v in constants):
                 groups[key].append(node)
     saved = 0
     for nodes in groups.values():
         if len(nodes) < 2:
             continue
-        first = nodes[0]
-        b = np.concatenate([n.inputs[1].const_value.numpy() for n in nodes])
-        scales = np.concatenate([n.inputs[2].const_value.numpy() for n in nodes])  # flat, N-major
+        first, base = nodes[0], f"{nodes[0].inputs[1].name}_packed"
+        inputs = [first.inputs[0]]
+        for index, suffix in ((1, ""), (2, "_scales"), (5, "_bias")):
+            if index < len(first.inputs) and first.inputs[index] is not None:
+                joined = np.concatenate([n.inputs[index].const_value.numpy() for n in nodes])  # N-major
+                inputs += [None] * (index - len(inputs)) + [_initializer(graph, f"{base}{suffix}", joined)]
         sizes = [n.attributes.get_int("N") for n in nodes]
-        base = f"{first.inputs[1].name}_packed"
-        b_value = ir.Value(
-            name=base,
-            const_value=ir.tensor(b, name=base),
-            type=ir.TensorType(ir.DataType.UINT8),
-            shape=ir.Shape(b.shape),
-        )
-        s_value = ir.Value(name=f"{base}_scales", const_value=ir.tensor(scales, name=f"{base}_scales"),
-                           type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(scales.shape))  # fmt: skip
-        graph.register_initializer(b_value)
-        graph.register_initializer(s_value)
         attributes = {name: attr.value for name, attr in first.attributes.items()} | {"N": sum(sizes)}
-        packed = ir.node("MatMulNBits", [first.inputs[0], b_value, s_value], attributes=attributes,
-                         domain="com.microsoft", name=f"{first.name}/packed")  # fmt: skip
-        split_sizes = constant(graph, f"{base}_split", sizes)
-        split = ir.node("Split", [packed.outputs[0], split_sizes], attributes={"axis": -1}, num_outputs=len(nodes),
-                        name=f"{first.name}/split")  # fmt: skip
+        packed = ir.node(
+            "MatMulNBits", inputs, attributes=attributes, domain="com.microsoft", name=f"{first.name}/packed"
+        )
+        split = ir.node("Split", [packed.outputs[0], constant(graph, f"{base}_split", sizes)], attributes={"axis": -1},
+                        num_outputs=len(nodes), name=f"{first.name}/split")  # fmt: skip
         graph.insert_before(first, [packed, split])
         for node, out in zip(nodes, split.outputs, strict=True):
             take_over(node.outputs[0], out)
@@ -256,5 +282,6 @@ def fuse_matmul_nbits(model: ir.Model, accuracy_level: int = DEFAULT_ACCURACY_LE
     )
     counts = {"MatMulNBits / GatherBlockQuantized": rules.apply_to_model(model)}
     if counts["MatMulNBits / GatherBlockQuantized"]:
+        counts["biases folded into MatMulNBits"] = fold_biases(model)
         counts["packed projections (nodes saved)"] = pack_shared_inputs(model)
     return counts
