@@ -21,7 +21,7 @@ RMSNORM_CHAIN = ("ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Mul")
 # Graph inputs/outputs kept fp32: logits (sampling), and the media encoders' pixel/feature inputs
 # and embeddings, so an encoder's I/O contract is the same at every precision.
 FP32_OUTPUTS = (io.LOGITS, "pixel_values", "input_features", "embeddings")
-PASS_VERSION = 2  # bump when the rewrite changes, so builds redo their fp16 graphs
+PASS_VERSION = 3  # bump when the rewrite changes, so builds redo their fp16 graphs
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -115,8 +115,22 @@ def _tidy(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]
 
 
+def _restore_shapes(model: onnx.ModelProto, shapes: dict[str, onnx.TensorShapeProto]) -> onnx.ModelProto:
+    """The rewritten model with value_info from shape inference (right dtypes) carrying the fp32
+    export's shapes: inference alone loses dims such as the head count of a Reshape to
+    [B, S, -1, D], which the ORT engine step's fusions need (builder/build/ort_fusion/)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in inferred.graph.value_info:
+        if info.name in shapes:
+            info.type.tensor_type.shape.CopyFrom(shapes[info.name])
+    return inferred
+
+
 def fp16_from_fp32(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
+    shapes = {v.name: onnx.TensorShapeProto() for v in model.graph.value_info}
+    for info in model.graph.value_info:
+        shapes[info.name].CopyFrom(info.type.tensor_type.shape)
     keep = {node.name for node in model.graph.node if node.op_type in FP32_OP_TYPES}
     keep |= _rope_ancestors(model.graph) | _rmsnorm_chains(model.graph)
     converted = convert_float_to_float16(
@@ -127,5 +141,6 @@ def fp16_from_fp32(src: Path, dst: Path) -> None:
     )
     _tidy(converted.graph)
     _skip_round_trips(converted.graph, keep)
+    converted = _restore_shapes(converted, shapes)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))
