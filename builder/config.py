@@ -69,7 +69,7 @@ class CalibrationConfig:
     int4_block_size: int = 32
     int4_method: Int4Method = Int4Method.awq
     # bits of a tied embedding table (embedding and lm_head) in the int4 graph: 4 (blocks along H)
-    # or 8 (per vocab row); 8 costs SmolLM2 +10.6 MB and buys back ~40% of int4's perplexity loss
+    # or 8 (per vocab row); 8 costs SmolLM2 +11.6 MiB and buys back ~40% of int4's perplexity loss
     int4_table_bits: int = 4
 
 
