@@ -20,8 +20,10 @@ from builder.progress import note, stage
 from runtime import decoder_io as io
 
 # Fused fp32 maths differs from the trace's only in summation order; quantised engines also
-# quantise activations inside MatMulNBits (accuracy_level 4), measured at cosine ≥ 0.999 here.
-MIN_COSINE = {"exact": 0.99999, "quantised": 0.995}
+# quantise activations inside MatMulNBits (accuracy_level 4, per block of K): measured cosine
+# 0.9997–0.99999 on SmolLM2 int8/int4 at block 32, 0.989 on new_kv at int4 block 128. A fusion
+# mistake (a wrong mask, scale or layout) measured 0.15–0.8.
+MIN_COSINE = {"exact": 0.99999, "quantised": 0.98}
 
 
 def op_counts(graph: Path) -> Counter:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServiceConfig:
     engines_dir: Path
-    precision: str = "auto"  # fp32 | fp16 | int8 | auto (int8 > fp16 > fp32)
+    precision: str = "auto"  # fp32 | fp16 | int8 | int4 | auto (int4 > int8 > fp16 > fp32)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
     kv_blocks: int | None = None  # None: room for max_batch sequences of max_seq_len
     max_batch: int = 8
