@@ -51,7 +51,7 @@ def test_manifest_lists_encoders_with_their_info(manifest, glm4v_tiny_engines, t
     assert audio["input_shape"] == [80, 3000] and audio["tokens_per_item"] == 375
     assert vision["hidden_size"] == audio["hidden_size"] == manifest.decoder["hidden_size"]
     decoder_inputs = [t.name for t in manifest.entry("text_decoder", "fp32").inputs]
-    assert decoder_inputs[-2:] == list(io.MEDIA_INPUTS)
+    assert set(io.MEDIA_INPUTS) <= set(decoder_inputs)
     work = tmp_path_factory.getbasetemp() / "build" / "glm4v-tiny"
     for component in ENCODERS:  # each export ended with its comparison at batch 1 and 8
         report = json.loads((work / f"{component}.fp32.validation.json").read_text())

@@ -176,6 +176,6 @@ def test_int4_graph_can_keep_the_tied_table_at_int8():
     table = next(n for n in model.graph.node if n.output[0] == "T_dq")
     assert {a.name: a.i for a in table.attribute} == {"axis": 0}
     x = RNG.normal(size=(2, 100)).astype(np.float32)
-    y, e, logits = _run(model, {"x": x, "ids": np.array([1, 2, 3])})
+    y, _, logits = _run(model, {"x": x, "ids": np.array([1, 2, 3])})
     np.testing.assert_allclose(logits, x @ fake_quantise(t, INT8, 1).T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y, x @ fake_quantise(w, Scheme(4, 32), 0), rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from builder.manifest import Manifest
+from runtime import decoder_io as io
 from runtime.engine_loader import load_engine
 from runtime.errors import EngineDirError, StaleEngineError
 
@@ -20,9 +21,9 @@ def engines_copy(glm4v_tiny_engines, tmp_path):
 def test_loads_a_matching_engine(glm4v_tiny_engines):
     manifest = Manifest.load(glm4v_tiny_engines)
     engine = load_engine(manifest, glm4v_tiny_engines, "text_decoder", "fp32")
-    assert str(engine.input_dtypes["key_cache.0"]) == "float32"
+    assert str(engine.input_dtypes[io.KV_POOL]) == "float32"  # the fused engine takes the pool whole
     fp16 = load_engine(manifest, glm4v_tiny_engines, "text_decoder", "fp16")
-    assert str(fp16.input_dtypes["key_cache.0"]) == "float16"
+    assert str(fp16.input_dtypes[io.KV_POOL]) == "float16"
 
 
 def test_tampered_engine_is_refused(engines_copy):
