@@ -16,7 +16,9 @@ from runtime.errors import RuntimeUserError
 def generate(
     engines: Annotated[Path, typer.Option(help="Engines directory (engines/NAME).")],
     prompt: Annotated[list[str], typer.Option(help="Prompt text; repeat for a batch.")],
-    precision: Annotated[str, typer.Option(help="fp32, fp16, int8, int4 or auto (int4 > int8 > fp16 > fp32).")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, int8, int4 or auto (int4 > int8 > fp16 > fp32).")
+    ] = "auto",
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = False,
     system: Annotated[str | None, typer.Option(help="System message (with --chat).")] = None,
     max_tokens: Annotated[int, typer.Option(min=1)] = 64,

@@ -12,7 +12,9 @@ DEFAULT_ENGINES = Path("engines/smollm2-135m")
 
 def serve(
     engines: Annotated[Path, typer.Option(help="Engines directory (engines/NAME).")] = DEFAULT_ENGINES,
-    precision: Annotated[str, typer.Option(help="fp32, fp16, int8, int4 or auto (int4 > int8 > fp16 > fp32).")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, int8, int4 or auto (int4 > int8 > fp16 > fp32).")
+    ] = "auto",
     host: Annotated[
         str, typer.Option(help="Address the HTTP gateway binds; 0.0.0.0 exposes it.")
     ] = "127.0.0.1",
