@@ -25,9 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from builder.progress import note
-from calibration.collect import augmented_session
-from calibration.errors import CalibrationError
+from calibration.collect import activations
 from calibration.feeds import CalibrationSet
 from calibration.smoothing import SmoothPlan, SmoothTarget, fold_scales
 from calibration.weight_only import Scheme, fake_quantise
@@ -77,25 +75,12 @@ def collect_site_stats(
     graph: Path, plan: SmoothPlan, data: CalibrationSet, rows: int = SAMPLE_ROWS
 ) -> dict[str, SiteStats]:
     """Run the fp32 graph over the calibration data and keep each site's input statistics."""
-    tensors = plan.tensors
-    session = augmented_session(graph, tensors)
     stats: dict[str, SiteStats] = {}
-    calls = 0
-    for feed in data.feeds(session.get_inputs()):
-        for name, value in zip(tensors, session.run(tensors, feed), strict=True):
-            if value.size == 0:
-                continue
-            if not np.isfinite(value).all():
-                raise CalibrationError(
-                    f"{name} holds inf or NaN on the calibration data; build int4 with --int4-method rtn"
-                )
+    for values in activations(
+        graph, plan.tensors, data, "AWQ statistics", "build int4 with --int4-method rtn"
+    ):
+        for name, value in values:
             stats.setdefault(name, SiteStats(value.shape[-1], rows, seed=len(stats))).update(value)
-        calls += 1
-        if calls % 16 == 0:
-            note(f"AWQ statistics: {calls} samples")
-    missing = [t for t in tensors if t not in stats]
-    if missing:
-        raise CalibrationError(f"{missing[0]} was empty in every calibration sample; AWQ cannot scale it")
     return stats
 
 

@@ -9,6 +9,7 @@ is one fixed-size histogram per tensor plus one call's activations, whatever the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +41,44 @@ def augmented_session(graph: Path, tensors: list[str], threads: int = 0) -> ort.
         tmp.unlink(missing_ok=True)
 
 
+def activations(
+    graph: Path, tensors: list[str], data: CalibrationSet, what: str, remedy: str
+) -> Iterator[list[tuple[str, np.ndarray]]]:
+    """One engine call per calibration feed: yields [(tensor, value)] for the `tensors` of that
+    call (float32, empty values left out), dropped after use so memory stays one call's worth.
+    Logs progress as `what`; refuses inf/NaN (saying `remedy`), and tensors empty in every call."""
+    session = augmented_session(graph, tensors)
+    seen: set[str] = set()
+    calls = 0
+    for feed in data.feeds(session.get_inputs()):
+        values = []
+        for name, value in zip(tensors, session.run(tensors, feed), strict=True):
+            value = np.asarray(value, np.float32)
+            if value.size == 0:
+                continue
+            if not np.isfinite(value).all():
+                raise CalibrationError(f"{name} holds inf or NaN on the calibration data ({what}); {remedy}")
+            values.append((name, value))
+            seen.add(name)
+        yield values
+        calls += 1
+        if calls % 16 == 0:
+            note(f"{what}: {calls} samples")
+    missing = [name for name in tensors if name not in seen]
+    if missing:
+        raise CalibrationError(f"{missing[0]} was empty in every calibration sample; {what} cannot use it")
+
+
 def collect_histograms(
     graph: Path, tensors: list[str], data: CalibrationSet, bins: int = DEFAULT_BINS
 ) -> tuple[dict[str, AbsHistogram], int]:
     """Per-tensor |x| histograms over every feed; returns them and the number of engine calls."""
-    session = augmented_session(graph, tensors)
     histograms = {name: AbsHistogram(bins) for name in tensors}
     calls = 0
-    for feed in data.feeds(session.get_inputs()):
-        outputs = session.run(tensors, feed)
-        for name, value in zip(tensors, outputs, strict=True):
+    for values in activations(graph, tensors, data, "calibration", "build it at fp16 or fp32 instead"):
+        for name, value in values:
             histograms[name].update(value, name)
         calls += 1
-        if calls % 16 == 0:
-            note(f"calibration: {calls} samples")
     return histograms, calls
 
 
@@ -62,28 +87,13 @@ def collect_channel_amax(
 ) -> tuple[dict[str, np.ndarray], int]:
     """Per-tensor max |x| per channel (the last axis, the one a MatMul contracts) over every feed:
     one float32 vector per tensor, whatever the sample count. Returns them and the engine calls."""
-    session = augmented_session(graph, tensors)
     amax: dict[str, np.ndarray] = {}
     calls = 0
-    for feed in data.feeds(session.get_inputs()):
-        outputs = session.run(tensors, feed)
-        for name, value in zip(tensors, outputs, strict=True):
-            value = np.asarray(value, np.float32)
-            if value.size == 0:
-                continue
+    for values in activations(graph, tensors, data, "channel maxima", "build without --smooth-alpha"):
+        for name, value in values:
             peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            if not np.isfinite(peak).all():
-                raise CalibrationError(
-                    f"{name} holds inf or NaN during calibration, so it cannot be smoothed; "
-                    f"build without --smooth-alpha"
-                )
             amax[name] = peak if name not in amax else np.maximum(amax[name], peak)
         calls += 1
-        if calls % 16 == 0:
-            note(f"channel maxima: {calls} samples")
-    missing = [name for name in tensors if name not in amax]
-    if missing:
-        raise CalibrationError(f"{missing[0]} was empty in every calibration sample; it cannot be smoothed")
     return amax, calls
 
 
