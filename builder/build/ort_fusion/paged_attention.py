@@ -62,6 +62,8 @@ class PagedAttentionToGQA(pattern.RewriteRuleClassBase):
         return attention, layer_kv
 
     def check(self, context, q, k, v, key_cache, value_cache, scale, unsqueeze_axis, **_):
+        """Structure only: the mask is taken to be the exporter's (past_lens and causal), which GQA
+        reproduces; the engine step's comparison with the unfused graph (compare.py) is the proof."""
         result = pattern.MatchResult()
         graph_inputs = set(context.graph_or_function.inputs)
         if key_cache not in graph_inputs or value_cache not in graph_inputs:
@@ -92,7 +94,7 @@ class PagedAttentionToGQA(pattern.RewriteRuleClassBase):
             scale=_ir_utils.get_singleton_value(scale),
             _domain="com.microsoft", _outputs=3,
         )[0]  # fmt: skip
-        # [B, S, 2·KVH·D]: kv_output.py turns the layers' pieces into new_kv with one Concat
+        # [B, S, 2·KVH·D]: new_kv.py turns the layers' pieces into new_kv with one Concat
         layer_kv = op.Concat(k3, v3, axis=-1, _outputs=["layer_kv_bsd"])
         return attention, op.Transpose(
             op.Reshape(layer_kv, op.Constant(value_ints=[0, 0, 2, kv_heads, head_dim])), perm=[2, 0, 1, 3, 4]
