@@ -64,14 +64,20 @@ def verify_entry(manifest: Manifest, engines_dir: Path, entry: EngineEntry) -> P
 
 
 def load_engine(
-    manifest: Manifest, engines_dir: Path, component: str, precision: str, threads: int = 0
+    manifest: Manifest,
+    engines_dir: Path,
+    component: str,
+    precision: str,
+    threads: int = 0,
+    spinning: bool = True,
 ) -> Engine:
+    """`spinning` False for processes that call several engines in turn (runtime/engines/onnxruntime.py)."""
     entry = select_entry(manifest, engines_dir, component, precision)
     path = verify_entry(manifest, engines_dir, entry)
     if entry.backend == "onnxruntime":
         from runtime.engines.onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(path, threads=threads)
+        return OnnxRuntimeEngine(path, threads=threads, spinning=spinning)
     if entry.backend == "tensorrt":
         from runtime.engines.tensorrt import TensorRTEngine
 

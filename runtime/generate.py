@@ -81,13 +81,18 @@ def choose_precision(manifest: Manifest, requested: str) -> str:
 
 class TextGenerator:
     def __init__(
-        self, engines_dir: Path, precision: str = "auto", threads: int = 0, kv_blocks: int | None = None
+        self,
+        engines_dir: Path,
+        precision: str = "auto",
+        threads: int = 0,
+        kv_blocks: int | None = None,
+        spinning: bool = True,
     ):
         self.manifest = Manifest.load(engines_dir)
         self.precision = choose_precision(self.manifest, precision)
         self.limits = DecoderLimits.from_manifest(self.manifest.decoder)
         start = time.perf_counter()
-        engine = load_engine(self.manifest, engines_dir, COMPONENT, self.precision, threads=threads)
+        engine = load_engine(self.manifest, engines_dir, COMPONENT, self.precision, threads, spinning)
         self.load_s = time.perf_counter() - start
         self.tokenizer = TextTokenizer(engines_dir / self.manifest.tokenizer_dir)
         self.engines_dir, self.threads = engines_dir, threads

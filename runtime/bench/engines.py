@@ -114,7 +114,10 @@ def bench_text(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest,
 
     precisions = chosen_precisions(manifest, TEXT, cfg.precisions)
     log(f"text_decoder: loading {', '.join(precisions)}")
-    generators = {p: TextGenerator(cfg.engines_dir, p, threads=cfg.threads) for p in precisions}
+    # Precisions run in turn in this process: their threads must not spin while another runs.
+    generators = {
+        p: TextGenerator(cfg.engines_dir, p, threads=cfg.threads, spinning=False) for p in precisions
+    }
     for batch in cfg.prefill_batches:
         for seq in cfg.prompt_lengths:
             runs = {p: text_cases.prefill_case(g, batch, seq) for p, g in generators.items()}
@@ -136,7 +139,8 @@ def bench_encoder(
     precisions = chosen_precisions(manifest, component, cfg.precisions)
     log(f"{component}: loading {', '.join(precisions)}")
     engines = {
-        p: load_engine(manifest, cfg.engines_dir, component, p, threads=cfg.threads) for p in precisions
+        p: load_engine(manifest, cfg.engines_dir, component, p, threads=cfg.threads, spinning=False)
+        for p in precisions
     }
     limit = manifest.axes.get("batch", [1, 8])[1]
     batches = [b for b in cfg.batches if b <= limit]

@@ -17,34 +17,18 @@ HEADS_MAJOR = "L,2,NB,KVH,bs,D"  # each block holds its heads' tokens contiguous
 TOKENS_MAJOR = "L,2,NB,bs,KVH,D"  # the portable graph's per-layer inputs, stacked
 
 
-_shared_pool: bool | None = None  # whether this process's ORT environment has the shared pool
-
-
-def _use_shared_thread_pool() -> bool:
-    """One intra-op thread pool (all cores) for every engine of this process, made before ORT's
-    environment exists. Each session's own pool keeps its threads spinning after a call, so with
-    several engines loaded on 2 cores the idle ones' threads took the cores from the busy one
-    (decode of one engine measured 7.5 ms alone, 14.5 ms beside another; 9.2 ms sharing a pool).
-    False when the environment already existed (then sessions keep their own pools)."""
-    global _shared_pool
-    if _shared_pool is None:
-        try:
-            ort.capi._pybind_state.set_global_thread_pool_sizes(0, 1)  # intra: all cores
-            _shared_pool = True
-        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail):
-            _shared_pool = False
-    return _shared_pool
-
-
 class OnnxRuntimeEngine(Engine):
-    def __init__(self, path: Path, threads: int = 0) -> None:
-        """`threads` 0: the process's shared pool over all cores; N: a pool of N of its own."""
+    def __init__(self, path: Path, threads: int = 0, spinning: bool = True) -> None:
+        """`threads` 0: all cores. `spinning` False: the session's threads sleep between calls
+        instead of spinning for the next one; for processes that call several engines in turn
+        (bench engines), where an idle engine's spinning threads take the cores from the busy one
+        (one decode step measured 7.5 ms alone, 14.5 ms beside another spinning engine)."""
         options = ort.SessionOptions()
         # The saved graph is already fused (EXTENDED); ALL adds this CPU's layout optimizations.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads == 0 and _use_shared_thread_pool():
-            options.use_per_session_threads = False
         options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
         ]
