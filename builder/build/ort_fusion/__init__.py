@@ -14,7 +14,6 @@ cannot see the dynamo exporter's patterns, so its engine step fuses its copy her
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -83,9 +82,3 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
     optimize(model)  # inlines unused intermediate fusions, drops dead nodes
     common_passes.TopologicalSortPass()(model)  # rules insert shared nodes where they matched
     return report
-
-
-def op_histogram(model: ir.Model) -> Counter:
-    return Counter(
-        f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}" for n in model.graph
-    )
