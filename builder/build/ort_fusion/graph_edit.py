@@ -6,15 +6,19 @@ import numpy as np
 import onnx_ir as ir
 
 
-def constant(graph: ir.Graph, name: str, values) -> ir.Value:
-    """An int64 initializer registered in `graph`."""
-    array = np.asarray(values, np.int64)
+def initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """`array` as an initializer registered in `graph`."""
     value = ir.Value(
-        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64),
+        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
         const_value=ir.tensor(array, name=name),
     )  # fmt: skip
     graph.register_initializer(value)
     return value
+
+
+def constant(graph: ir.Graph, name: str, values) -> ir.Value:
+    """An int64 initializer (shapes, axes, indices) registered in `graph`."""
+    return initializer(graph, name, np.asarray(values, np.int64))
 
 
 def take_over(old: ir.Value, new: ir.Value) -> None:

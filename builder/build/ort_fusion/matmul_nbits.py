@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from builder.build.ort_fusion.graph_edit import constant, take_over
+from builder.build.ort_fusion.graph_edit import constant, initializer, take_over
 
 INT8_BLOCK = 128  # per-channel int8 scales are repeated over blocks of this many K values
 DEFAULT_ACCURACY_LEVEL = 4  # int8 compute over the dequantised blocks (0: float compute)
@@ -194,15 +194,6 @@ class QuantisedGather(pattern.RewriteRuleClassBase):
         )
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(
-        name=name, const_value=ir.tensor(array, name=name),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
-    )  # fmt: skip
-    graph.register_initializer(value)
-    return value
-
-
 def fold_biases(model: ir.Model) -> int:
     """MatMulNBits → Add(constant [N]) (GLM's q/k/v biases) → MatMulNBits with its `bias` input."""
     graph, folded = model.graph, 0
@@ -254,7 +245,7 @@ def pack_shared_inputs(model: ir.Model) -> int:
         for index, suffix in ((1, ""), (2, "_scales"), (5, "_bias")):
             if index < len(first.inputs) and first.inputs[index] is not None:
                 joined = np.concatenate([n.inputs[index].const_value.numpy() for n in nodes])  # N-major
-                inputs += [None] * (index - len(inputs)) + [_initializer(graph, f"{base}{suffix}", joined)]
+                inputs += [None] * (index - len(inputs)) + [initializer(graph, f"{base}{suffix}", joined)]
         sizes = [n.attributes.get_int("N") for n in nodes]
         attributes = {name: attr.value for name, attr in first.attributes.items()} | {"N": sum(sizes)}
         packed = ir.node(
