@@ -6,7 +6,6 @@ engine whose file hash or tool versions do not match (runtime/engine_loader.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -16,19 +15,6 @@ from runtime.errors import EngineDirError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def update_digest(digest, path: Path) -> None:
-    """Stream a file into a hashlib digest (files here reach gigabytes)."""
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    update_digest(digest, path)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -70,6 +56,9 @@ class EngineEntry:
     tools: dict[str, str]  # versions that must match at load time
     calibration: dict | None = None
     report: dict = field(default_factory=dict)  # backend-specific: fusions, node counts
+    size: int | None = None  # bytes of `file` (None in manifests written before sizes were)
+    # External data the engine file names (large ONNX Runtime engines): {file, size, sha256}
+    data_files: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineEntry:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builder.errors import ModelDirError
 from builder.export.families import DecoderFamily, family_for
-from builder.manifest import update_digest
+from runtime.onnx_files import update_digest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # what from_pretrained loads
 NOT_SIDE_FILES = (*WEIGHT_SUFFIXES, ".gguf")  # never copied beside the engines

@@ -15,6 +15,7 @@ import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from runtime import decoder_io as io
+from runtime.onnx_files import save_graph
 
 FP32_OP_TYPES = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Cos", "Sin", "Range")
 RMSNORM_CHAIN = ("ReduceMean", "Add", "Sqrt", "Reciprocal", "Div", "Mul")
@@ -143,4 +144,4 @@ def fp16_from_fp32(src: Path, dst: Path) -> None:
     _skip_round_trips(converted.graph, keep)
     converted = _restore_shapes(converted, shapes)
     onnx.checker.check_model(converted)
-    onnx.save(converted, str(dst))
+    save_graph(converted, dst)

@@ -20,7 +20,6 @@ and INT4_VERSION; written under a temporary name and renamed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from calibration.errors import CalibrationError
 from calibration.feeds import CalibrationSet
 from calibration.smoothing import DOWN, GATE_UP, QKV, smoothing_plan
 from calibration.weight_only import INT8, Scheme, weight_only
+from runtime.onnx_files import graph_complete, save_graph
 
 INT4_VERSION = 2  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
@@ -115,7 +115,7 @@ def int4_onnx_from_fp32(
         "data_sha256": data.digest if method is Int4Method.awq else None,
     }
     previous = matching_record(record, wanted)
-    if graph.is_file() and previous:
+    if previous and graph_complete(graph):
         note(f"{name} int4 ONNX up to date: {graph}")
         return Int4Graph(graph, previous["summary"])
     if cfg.int4_table_bits not in (4, 8):
@@ -123,15 +123,7 @@ def int4_onnx_from_fp32(
     model, summary = int4_model(fp32, Scheme(4, cfg.int4_block_size), method, data, cfg.int4_table_bits)
     short = "awq" if summary["method"] == AWQ_METHOD else "rtn"
     with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {short})"):
-        tmp = work / f".{graph.name}.tmp"
-        try:
-            weight_bytes = sum(len(init.raw_data) for init in model.graph.initializer)
-            if weight_bytes > 1.8e9:  # protobuf's 2 GB limit
-                onnx.save(model, str(tmp), save_as_external_data=True, location=f"{graph.name}.data")
-            else:
-                onnx.save(model, str(tmp))
-            os.replace(tmp, graph)
-        finally:
-            tmp.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        save_graph(model, graph)
     write_json_atomic(record, wanted | {"summary": summary})
     return Int4Graph(graph, summary)

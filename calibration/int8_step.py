@@ -14,7 +14,6 @@ under temporary names and renamed, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import onnx
 
 from builder.config import CalibrationConfig
-from builder.manifest import matching_record, sha256_file, write_json_atomic
+from builder.manifest import matching_record, write_json_atomic
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from calibration.collect import (
@@ -39,6 +38,7 @@ from calibration.qdq import place, qdq_from_fp32
 from calibration.smoothing import DOWN, QKV, SmoothPlan, smoothed_from_fp32, smoothing_plan
 from calibration.trt_cache import write_cache
 from calibration.weight_only import INT8, weight_only
+from runtime.onnx_files import graph_complete, graph_digest, save_graph, staged_graph
 
 CALIBRATOR_VERSION = 1  # bump when histograms or the threshold search change
 QDQ_VERSION = 4  # bump when the Q/DQ placement or rewrite changes
@@ -144,7 +144,7 @@ def smoothed_fp32(
         "kinds": list(kinds),
     }
     previous = matching_record(record, wanted)
-    if graph.is_file() and previous:
+    if previous and graph_complete(graph):
         note(f"{name} smoothed fp32 ONNX up to date: {graph}")
         summary = previous["summary"]
         return SmoothedGraph(graph, previous["sha256"], tuple(summary["smoothed_nodes"]), summary)
@@ -167,7 +167,7 @@ def smoothed_fp32(
         "unmatched_nodes": plan.unmatched,
         "sites": sites,
     }
-    digest = sha256_file(graph)
+    digest = graph_digest(graph)
     write_json_atomic(record, wanted | {"sha256": digest, "summary": summary})
     return SmoothedGraph(graph, digest, plan.smoothed, summary)
 
@@ -177,10 +177,7 @@ def weight_only_int8(graph: Path) -> dict:
     embedding table is stored once (calibration/weight_only.py)."""
     model = onnx.load(str(graph))
     report = weight_only(model, INT8)
-    if sum(len(init.raw_data) for init in model.graph.initializer) > 1.8e9:
-        onnx.save(model, str(graph), save_as_external_data=True, location=f"{graph.name}.data")
-    else:
-        onnx.save(model, str(graph))
+    save_graph(model, graph)
     return report.as_dict()
 
 
@@ -225,7 +222,7 @@ def int8_onnx_from_fp32(
         },
     }
     previous = matching_record(record, wanted)
-    if graph.is_file() and cache.is_file() and previous:
+    if previous and cache.is_file() and graph_complete(graph):
         note(f"{name} int8 ONNX up to date: {graph}")
         return Int8Graph(graph, cache, previous["summary"])
 
@@ -240,14 +237,11 @@ def int8_onnx_from_fp32(
     with stage(
         f"write {name} int8 Q/DQ ONNX ({len(placement.quantised)} nodes int8, {len(placement.excluded)} kept float)"
     ):
-        tmp = work / f".{graph.name}.tmp"
-        try:
-            qdq_from_fp32(source, thresholds, placement, tmp)
-            weights = weight_only_int8(tmp)
+        record.unlink(missing_ok=True)  # no record until graph and cache are whole
+        with staged_graph(graph) as staged:
+            qdq_from_fp32(source, thresholds, placement, staged)
+            weights = weight_only_int8(staged)
             write_cache(cache, {t: scale_from_threshold(thresholds[t]) for t in placement.tensors})
-            os.replace(tmp, graph)
-        finally:
-            tmp.unlink(missing_ok=True)
     summary = {
         "method": METHOD,
         "samples": calibration["samples"],

@@ -33,6 +33,7 @@ from onnx import numpy_helper
 
 from calibration.entropy import INT8_MAX
 from calibration.errors import CalibrationError
+from runtime.onnx_files import needs_external_data
 
 QUANTISABLE_OPS = ("MatMul", "Gemm", "Conv")
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1}
@@ -179,7 +180,7 @@ def qdq_from_fp32(fp32: Path, thresholds: dict[str, float], placement: Placement
         tensor: TensorData(lowest=np.float32(-thresholds[tensor]), highest=np.float32(thresholds[tensor]))
         for tensor in placement.tensors
     }
-    large = fp32.stat().st_size > 1.8e9
+    large = needs_external_data(onnx.load(str(fp32), load_external_data=False))
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".qdq.") as scratch, _quiet_ort_logging():
         cache = Path(scratch) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.Entropy, ranges), cache)

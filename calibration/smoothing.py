@@ -35,6 +35,7 @@ import onnx
 from onnx import numpy_helper
 
 from calibration.qdq import output_projections, quantisable_nodes, sensitive_projections
+from runtime.onnx_files import save_graph
 
 MIN_SCALE, MAX_SCALE = 1e-3, 1e3  # s outside this range means a degenerate channel, not an outlier
 QKV, DOWN = "attention q/k/v", "MLP down projection"
@@ -214,9 +215,5 @@ def smoothed_from_fp32(
     """Write the smoothed copy of the fp32 graph to `out`; returns `smooth`'s statistics."""
     model = onnx.load(str(fp32))  # with weights
     stats = smooth(model, plan, amax, alpha)
-    weight_bytes = sum(len(init.raw_data) for init in model.graph.initializer)
-    if weight_bytes > 1.8e9:  # protobuf's 2 GB limit
-        onnx.save(model, str(out), save_as_external_data=True, location=f"{out.name}.data")
-    else:
-        onnx.save(model, str(out))
+    save_graph(model, out)
     return stats

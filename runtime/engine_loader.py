@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.manifest import EngineEntry, Manifest, sha256_file
+from builder.manifest import EngineEntry, Manifest
 from runtime.compat import runtime_versions
+from runtime.engine_files import ExpectedFile, check_files
 from runtime.engines.base import Engine
 from runtime.errors import EngineDirError, MissingEncoderError, StaleEngineError
 
@@ -46,15 +47,17 @@ def select_entry(manifest: Manifest, engines_dir: Path, component: str, precisio
     return entry
 
 
-def verify_entry(manifest: Manifest, engines_dir: Path, entry: EngineEntry) -> Path:
+def expected_files(entry: EngineEntry) -> list[ExpectedFile]:
+    files = [ExpectedFile(entry.file, entry.size, entry.sha256)]
+    return files + [ExpectedFile(d["file"], d["size"], d["sha256"]) for d in entry.data_files]
+
+
+def verify_entry(manifest: Manifest, engines_dir: Path, entry: EngineEntry, verify: bool = False) -> Path:
+    """The engine's path once its files check out (engine_files.py: sizes always, hashes once per
+    file version, or every time with `verify`) and its tools match this machine's."""
     path = engines_dir / entry.file
     hint = rebuild_hint(manifest, engines_dir, entry.precision)
-    if not path.is_file():
-        raise StaleEngineError(f"engine file {path} listed in the manifest is missing; {hint}")
-    if sha256_file(path) != entry.sha256:
-        raise StaleEngineError(
-            f"engine file {path} does not match its manifest hash (modified or corrupt); {hint}"
-        )
+    check_files(engines_dir, expected_files(entry), hint, verify)
     installed = runtime_versions(entry.backend)
     if installed != entry.tools:
         raise StaleEngineError(
@@ -70,10 +73,12 @@ def load_engine(
     precision: str,
     threads: int = 0,
     spinning: bool = True,
+    verify: bool = False,
 ) -> Engine:
-    """`spinning` False for processes that call several engines in turn (runtime/engines/onnxruntime.py)."""
+    """`spinning` False for processes that call several engines in turn (runtime/engines/onnxruntime.py);
+    `verify` hashes every file of the engine even if it was verified before."""
     entry = select_entry(manifest, engines_dir, component, precision)
-    path = verify_entry(manifest, engines_dir, entry)
+    path = verify_entry(manifest, engines_dir, entry, verify)
     if entry.backend == "onnxruntime":
         from runtime.engines.onnxruntime import OnnxRuntimeEngine
 

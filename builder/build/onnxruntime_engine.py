@@ -18,6 +18,7 @@ import onnxruntime as ort
 from builder.errors import BuildError
 from builder.progress import note, stage
 from runtime import decoder_io as io
+from runtime.onnx_files import EXTERNAL_TENSOR_MIN_BYTES, data_file_name, needs_external_data
 
 # Fused fp32 maths differs from the trace's only in summation order; quantised engines also
 # quantise activations inside MatMulNBits (accuracy_level 4, per block of K): measured cosine
@@ -39,6 +40,7 @@ def _is_decoder(model: onnx.ModelProto) -> bool:
 def ort_engine_from_onnx(graph: Path, engine: Path) -> dict:
     """Fuse (decoders) and optimize `graph` into `engine`; return the fusion report."""
     header = onnx.load(str(graph), load_external_data=False)
+    large = needs_external_data(header)
     decoder = _is_decoder(header)
     layers = sum(1 for i in header.graph.input if i.name.startswith("key_cache.")) if decoder else 0
     del header
@@ -47,13 +49,21 @@ def ort_engine_from_onnx(graph: Path, engine: Path) -> dict:
         source = graph
         if decoder:
             source = Path(scratch) / "fused.onnx"
-            report |= _fuse(graph, source)
+            report |= _fuse(graph, source, large)
         else:
             source, extra = _u8_activations(graph)
             report |= extra
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(engine)
+        if large:  # weights beside the engine, as the graph has them
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", data_file_name(engine)
+            )
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                str(EXTERNAL_TENSOR_MIN_BYTES),
+            )
         try:
             ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         finally:
@@ -81,7 +91,7 @@ def ort_engine_from_onnx(graph: Path, engine: Path) -> dict:
     return report
 
 
-def _fuse(graph: Path, out: Path) -> dict:
+def _fuse(graph: Path, out: Path, large: bool) -> dict:
     import onnx_ir as ir
 
     from builder.build.ort_fusion import fuse_decoder
@@ -90,7 +100,7 @@ def _fuse(graph: Path, out: Path) -> dict:
         model = ir.load(str(graph))
         quantised = any(n.op_type == "DequantizeLinear" for n in model.graph)
         fusion = fuse_decoder(model)
-        ir.save(model, str(out))
+        ir.save(model, str(out), external_data=data_file_name(out) if large else None)
     for name, count in fusion.counts.items():
         note(f"  {name:<52} {count:>4}  ({fusion.source[name]})")
     return {"fusions": fusion.counts, "fusion_sources": fusion.source, "quantised": quantised}

@@ -30,7 +30,6 @@ from builder.manifest import (
     Manifest,
     TensorSpec,
     matching_record,
-    sha256_file,
     write_json_atomic,
 )
 from builder.model_dir import ModelDir
@@ -38,7 +37,10 @@ from builder.progress import note, stage
 from builder.trt_check import check_graph
 from builder.trt_check.report import print_reports, raise_on_failure
 from runtime.compat import build_tool_versions, runtime_versions
+from runtime.engine_files import record_verified
+from runtime.engine_loader import expected_files
 from runtime.errors import EngineDirError
+from runtime.onnx_files import data_files, graph_complete, graph_digest, sha256_file, staged_graph
 
 EngineStep = Callable[[Path, Path], dict]
 ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
@@ -72,23 +74,22 @@ def fp32_onnx_from_model(
     if component.inputs_hash is not None:
         source_hash = f"{source_hash}+{component.inputs_hash(model_dir)}"
     wanted = {"format": component.export_format, "source_hash": source_hash, "config": cfg.as_dict()}
-    if graph.is_file() and matching_record(record, wanted):
+    if matching_record(record, wanted) and graph_complete(graph):
         note(f"{name} fp32 ONNX up to date: {graph}")
         return graph
 
-    tmp = work / f".{graph.name}.tmp"
-    report = component.export(load_model(), model_dir, cfg, tmp)
-    for line in report.lines():
-        note(line)
-    report_path = work / f"{name}.fp32.validation.json"
-    report.save(report_path)
-    if not report.passed:
-        tmp.unlink()
-        raise ExportError(
-            f"exported {name} disagrees with PyTorch beyond tolerance (see {report_path}); "
-            f"this is a bug, please report it"
-        )
-    os.replace(tmp, graph)
+    record.unlink(missing_ok=True)  # no record until the graph is whole
+    with staged_graph(graph) as staged:
+        report = component.export(load_model(), model_dir, cfg, staged)
+        for line in report.lines():
+            note(line)
+        report_path = work / f"{name}.fp32.validation.json"
+        report.save(report_path)
+        if not report.passed:
+            raise ExportError(
+                f"exported {name} disagrees with PyTorch beyond tolerance (see {report_path}); "
+                f"this is a bug, please report it"
+            )
     write_json_atomic(record, wanted | {"tools": build_tool_versions()})
     return graph
 
@@ -103,14 +104,13 @@ def precision_onnx_from_fp32(
     from builder.precision import PASS_VERSION, fp16_from_fp32
 
     wanted = {"fp32_sha256": fp32_hash, "pass_version": PASS_VERSION}
-    if graph.is_file() and matching_record(record, wanted):
+    if matching_record(record, wanted) and graph_complete(graph):
         note(f"{name} {precision.value} ONNX up to date: {graph}")
         return graph
 
     with stage(f"rewrite {name} to {precision.value}"):
-        tmp = work / f".{graph.name}.tmp"
-        fp16_from_fp32(fp32, tmp)
-        os.replace(tmp, graph)
+        record.unlink(missing_ok=True)
+        fp16_from_fp32(fp32, graph)
         write_json_atomic(record, wanted)
     return graph
 
@@ -143,7 +143,7 @@ def engine_from_onnx(
         current
         and current.graph_sha256 == graph_hash
         and current.backend == backend.value
-        and (out / current.file).is_file()
+        and all((out / f.name).is_file() for f in expected_files(current))
         and current.tools == runtime_versions(backend.value)
         and current.report.get("step_version") == ENGINE_STEP_VERSION[backend]
     ):
@@ -153,18 +153,23 @@ def engine_from_onnx(
         return
     with stage(f"build {component.name} {precision.value} engine ({backend.value})"):
         start = time.perf_counter()
-        tmp = out / f".{name}.tmp"
-        report = step(graph, tmp, **(step_options or {})) | {"step_version": ENGINE_STEP_VERSION[backend]}
-        os.replace(tmp, out / name)
+        with staged_graph(out / name) as staged:  # an ORT engine may come with external data
+            report = step(graph, staged, **(step_options or {})) | {
+                "step_version": ENGINE_STEP_VERSION[backend]
+            }
         # An ORT engine's I/O can differ from its graph's (the fused decoder takes the KV pool whole).
-        model = onnx.load(str(out / name if backend is Backend.onnxruntime else graph), load_external_data=False)
+        model = onnx.load(
+            str(out / name if backend is Backend.onnxruntime else graph), load_external_data=False
+        )
+        hashed = {n: sha256_file(out / n) for n in [name, *data_files(out / name)]}
+        record_verified(out, hashed)
         manifest.put(
             EngineEntry(
                 component=component.name,
                 precision=precision.value,
                 backend=backend.value,
                 file=name,
-                sha256=sha256_file(out / name),
+                sha256=hashed.pop(name),
                 graph_sha256=graph_hash,
                 inputs=_tensor_specs(model.graph.input),
                 outputs=_tensor_specs(model.graph.output),
@@ -172,6 +177,10 @@ def engine_from_onnx(
                 tools=runtime_versions(backend.value),
                 calibration=calibration,
                 report=report,
+                size=(out / name).stat().st_size,
+                data_files=[
+                    {"file": n, "size": (out / n).stat().st_size, "sha256": sha} for n, sha in hashed.items()
+                ],
             )
         )
         if "changed_op_counts" in report:
@@ -288,7 +297,7 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
     checks = []
     for component in components:
         fp32 = fp32_graphs[component.name]
-        fp32_hash = sha256_file(fp32)  # hundreds of MB: hash once, use for every precision
+        fp32_hash = graph_digest(fp32)  # gigabytes: hash once, use for every precision
         for precision in cfg.precisions:
             calibration = None
             if precision is Precision.int8:
@@ -304,7 +313,7 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
             if check_only:  # TensorRT consumes this pre-optimizer graph: check it instead of building
                 checks.append(check_graph(graph))
                 continue
-            graph_hash = fp32_hash if graph == fp32 else sha256_file(graph)
+            graph_hash = fp32_hash if graph == fp32 else graph_digest(graph)
             options = trt_step_options(component.name, precision.value, manifest, cfg.tensorrt, out)
             engine_from_onnx(component, graph, graph_hash, precision, backend, out, manifest,
                              options if backend is Backend.tensorrt else None, calibration)  # fmt: skip

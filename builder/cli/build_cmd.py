@@ -78,6 +78,7 @@ def build(
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
     from builder.build.pipeline import build as run_build
+    from runtime.engine_loader import expected_files
 
     if check_only and backend is not Backend.tensorrt:
         raise BackendUnavailableError(
@@ -110,9 +111,10 @@ def build(
     )
     with stage(f"build {model_dir.name} → {out}"):
         manifest = run_build(model_dir, cfg, out, work_dir or Path("build") / model_dir.name)
+
     for component, entries in manifest.engines.items():
         for name, entry in sorted(entries.items()):
-            size = (out / entry.file).stat().st_size / 2**20
+            size = sum((out / f.name).stat().st_size for f in expected_files(entry)) / 2**20
             console.print(
                 f"  {component:<14} {name:<5} {entry.backend:<12} {size:8.1f} MiB  {out / entry.file}"
             )

@@ -72,9 +72,9 @@ def calibrate(
     """Calibrate INT8 (exporting the fp32 graph first if needed) and write the Q/DQ graph and cache."""
     from builder.build.components import components_for
     from builder.build.pipeline import fp32_onnx_from_model
-    from builder.manifest import sha256_file
     from calibration.errors import CalibrationError
     from calibration.int8_step import calibration_set, int8_onnx_from_fp32
+    from runtime.onnx_files import sha256_file
 
     model_dir = open_model_dir(model)
     cfg = CalibrationConfig(data, samples, tuple(exclude or ()), int8_sensitive, smooth_alpha)

@@ -26,8 +26,8 @@ from builder.config import ExportConfig
 from builder.errors import ModelDirError
 from builder.export.batched_encoder import export_batched_encoder
 from builder.export.validation import ValidationReport, compare
-from builder.manifest import update_digest
 from builder.model_dir import ModelDir
+from runtime.onnx_files import update_digest
 
 SUBDIR = "audio_encoder"
 ARCHITECTURE = "whisper-encoder+projector"

@@ -12,8 +12,7 @@ from torch.export import Dim
 
 from builder.config import ExportConfig
 from builder.errors import ExportError
-
-ONNX_LIMIT_BYTES = 1.8e9  # protobuf's 2 GB limit, with headroom: larger weights go to external data
+from runtime.onnx_files import EXTERNAL_DATA_MIN_BYTES
 
 
 def export_batched_encoder(
@@ -21,7 +20,7 @@ def export_batched_encoder(
 ) -> None:
     """Export `encoder(example)` with `names` = (input, output); `what` names it in errors."""
     input_name, output_name = names
-    large = sum(p.numel() * p.element_size() for p in encoder.parameters()) > ONNX_LIMIT_BYTES
+    large = sum(p.numel() * p.element_size() for p in encoder.parameters()) >= EXTERNAL_DATA_MIN_BYTES
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the exporter chats on stdout
         try:
             torch.onnx.export(

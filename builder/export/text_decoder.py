@@ -16,6 +16,7 @@ from builder.errors import ExportError
 from builder.export.paged_decoder import PagedDecoder
 from builder.export.validation import ValidationReport, compare
 from runtime import decoder_io as io
+from runtime.onnx_files import EXTERNAL_DATA_MIN_BYTES
 
 # fp32 ONNX Runtime vs eager PyTorch: same maths, different kernels and summation order.
 ATOL, RTOL = 1e-4, 1e-4
@@ -123,7 +124,7 @@ def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> 
     if decoder.media:  # a row count unlike any other axis, so none is tied to it
         example[io.MEDIA_EMBEDS] = example[io.MEDIA_EMBEDS][:7].copy()
         example[io.MEDIA_ROWS] = np.where(example[io.MEDIA_ROWS] >= 0, example[io.MEDIA_ROWS] % 7, -1)
-    large = sum(p.numel() * p.element_size() for p in decoder.parameters()) > 1.8e9
+    large = sum(p.numel() * p.element_size() for p in decoder.parameters()) >= EXTERNAL_DATA_MIN_BYTES
     # The exporter chats on stdout; keep stdout for results.
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         try:

@@ -18,6 +18,7 @@ from builder.errors import ModelDirError, UnknownPresetError
 MARKER = "autoglm_preset.json"
 CREATED_BY = "autoglm-trt"
 GLM4V_TINY_SEED = 0
+GLM4V_600M_SEED = 0
 
 
 # The preset modules import torch and transformers; load them only when a preset is created.
@@ -27,14 +28,36 @@ def _glm4v_tiny(out: Path) -> None:
     build(out, seed=GLM4V_TINY_SEED)
 
 
+def _glm4v_600m(out: Path) -> None:
+    from builder.presets.glm4v_600m import build
+
+    build(out, seed=GLM4V_600M_SEED)
+
+
 def _smollm2_135m(out: Path) -> None:
     from builder.presets.smollm2 import build
 
     build(out)
 
 
-PRESETS: dict[str, Callable[[Path], None]] = {"glm4v-tiny": _glm4v_tiny, "smollm2-135m": _smollm2_135m}
-_SEEDS: dict[str, int | None] = {"glm4v-tiny": GLM4V_TINY_SEED, "smollm2-135m": None}
+def _autoglm_phone_9b_shape(out: Path) -> None:
+    from builder.presets.autoglm_phone_9b import build
+
+    build(out)
+
+
+PRESETS: dict[str, Callable[[Path], None]] = {
+    "glm4v-tiny": _glm4v_tiny,
+    "glm4v-600m": _glm4v_600m,
+    "smollm2-135m": _smollm2_135m,
+    "autoglm-phone-9b-shape": _autoglm_phone_9b_shape,
+}
+_SEEDS: dict[str, int | None] = {
+    "glm4v-tiny": GLM4V_TINY_SEED,
+    "glm4v-600m": GLM4V_600M_SEED,
+    "smollm2-135m": None,
+    "autoglm-phone-9b-shape": None,
+}
 
 
 def create_preset(name: str, out: Path) -> Path:

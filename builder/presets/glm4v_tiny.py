@@ -162,7 +162,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def write_image_processor_config(out: Path) -> None:
+def write_image_processor_config(out: Path, vision: dict = VISION) -> None:
     """`preprocessor_config.json` for GLM-4.1V's image processor, written as plain JSON.
 
     Instantiating `Glm4vImageProcessorPil` needs pillow (and the default class torchvision), which
@@ -180,16 +180,19 @@ def write_image_processor_config(out: Path) -> None:
         "image_mean": list(OPENAI_CLIP_MEAN),
         "image_std": list(OPENAI_CLIP_STD),
         "do_convert_rgb": True,
-        "patch_size": VISION["patch_size"],
-        "temporal_patch_size": VISION["temporal_patch_size"],
-        "merge_size": VISION["spatial_merge_size"],
+        "patch_size": vision["patch_size"],
+        "temporal_patch_size": vision["temporal_patch_size"],
+        "merge_size": vision["spatial_merge_size"],
     }
     (out / "preprocessor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def build_config(vocab_size: int, ids: dict[str, int]) -> Glm4vConfig:
-    text = {**TEXT, "vocab_size": vocab_size, "pad_token_id": ids["<|endoftext|>"], "dtype": "float32"}
-    vision = {**VISION, "out_hidden_size": TEXT["hidden_size"]}
+def build_config(
+    vocab_size: int, ids: dict[str, int], text: dict = TEXT, vision: dict = VISION
+) -> Glm4vConfig:
+    """GLM-4.1V's config around the `text` and `vision` sizes (untied lm_head, as GLM-4.1V)."""
+    vision = {**vision, "out_hidden_size": text["hidden_size"]}
+    text = {**text, "vocab_size": vocab_size, "pad_token_id": ids["<|endoftext|>"], "dtype": "float32"}
     return Glm4vConfig(
         text_config=text,
         vision_config=vision,

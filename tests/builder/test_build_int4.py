@@ -16,11 +16,12 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from builder.config import CalibrationConfig, Int4Method
-from builder.manifest import Manifest, sha256_file
+from builder.manifest import Manifest
 from calibration.int4_step import int4_onnx_from_fp32
 from calibration.smoothing import GATE_UP, QKV
 from calibration.text_decoder import prefill_feed
 from calibration.weight_only import int4_values
+from runtime.onnx_files import sha256_file
 from tests.conftest import _engines, run_cli
 from tests.test_cli import assert_user_error
 
