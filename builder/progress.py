@@ -1,22 +1,60 @@
-"""Per-stage progress lines with timings, on stderr (stdout is kept for results)."""
+"""Per-stage progress lines with timings and peak memory, on stderr (stdout is kept for results)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+# Peaks of the stages still open, outermost first: resetting the kernel's high-water mark for an
+# inner stage would otherwise lose what its outer stages reached before it.
+_open_peaks: list[int] = []
+
+
+def _peak_rss() -> int | None:
+    """The process's peak RSS in bytes since the last reset (Linux VmHWM), None elsewhere."""
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
+        return True
+    except OSError:
+        return False
 
 
 @contextmanager
 def stage(title: str) -> Iterator[None]:
     console.print(f"[bold]▶[/] {title}")
     start = time.perf_counter()
-    yield
-    console.print(f"[green]✓[/] {title} [dim]({time.perf_counter() - start:.1f} s)[/]")
+    before = _peak_rss()
+    if _open_peaks and before is not None:
+        _open_peaks[-1] = max(_open_peaks[-1], before)
+    tracked = before is not None and _reset_peak()
+    _open_peaks.append(0)
+    try:
+        yield
+    finally:
+        reached = _open_peaks.pop()
+    peak = max(reached, _peak_rss() or 0) if tracked else None
+    if _open_peaks and peak is not None:
+        _open_peaks[-1] = max(_open_peaks[-1], peak)
+    memory = f", peak RSS {peak / 2**30:.2f} GiB" if peak else ""
+    console.print(f"[green]✓[/] {title} [dim]({time.perf_counter() - start:.1f} s{memory})[/]")
 
 
 def note(message: str) -> None:
