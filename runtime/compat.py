@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from importlib import metadata
 
+# Distributions that install the `tensorrt` module: the metapackage, the per-CUDA packages (the
+# `tensorrt` extra pins -cu12) and the bindings wheels they pull in.
+TENSORRT_DISTRIBUTIONS = (
+    "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11",
+    "tensorrt-cu12-bindings", "tensorrt-cu13-bindings", "tensorrt-cu11-bindings",
+)  # fmt: skip
+
 
 def _version(distribution: str) -> str | None:
     try:
@@ -16,13 +23,19 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def tensorrt_version() -> str | None:
+    """The installed TensorRT's version from package metadata (importing tensorrt would load its
+    GPU libraries), or None where TensorRT is absent."""
+    return next(filter(None, map(_version, TENSORRT_DISTRIBUTIONS)), None)
+
+
 def runtime_versions(backend: str) -> dict[str, str]:
     """Versions that must match between build and load for engines of `backend`."""
     if backend == "onnxruntime":
         version = _version("onnxruntime") or _version("onnxruntime-gpu") or "absent"
         return {"onnxruntime": ".".join(version.split(".")[:2])}
     if backend == "tensorrt":  # a plan runs only on its exact TensorRT and GPU architecture
-        return {"tensorrt": _version("tensorrt") or "absent", "gpu_sm": gpu_compute_capability()}
+        return {"tensorrt": tensorrt_version() or "absent", "gpu_sm": gpu_compute_capability()}
     raise ValueError(f"unknown backend {backend!r}")
 
 

@@ -42,11 +42,37 @@ def _ok(result, call: str):
     return values[0] if len(values) == 1 else values
 
 
+def _cuda_version(number: int) -> str:
+    return f"{number // 1000}.{number % 1000 // 10}"  # CUDA's encoding: 12040 -> 12.4
+
+
 def device_count() -> int:
+    """CUDA devices visible to this process: 0 when a driver is installed and reports none.
+    A missing driver, one too old for these bindings, or any other failure raises CudaError
+    saying which (not 0: "no GPU" would hide a fixable setup problem)."""
+    rt = _runtime()
     try:
-        return int(_ok(_runtime().cudaGetDeviceCount(), "cudaGetDeviceCount"))
-    except CudaError:
+        result = rt.cudaGetDeviceCount()
+    except RuntimeError as error:  # cuda-python raises when it cannot load libcuda.so.1
+        raise CudaError(
+            f"no NVIDIA driver could be loaded ({error}): install the NVIDIA driver, or build and serve "
+            "with --backend onnxruntime"
+        ) from None
+    error, *_ = result
+    if error == rt.cudaError_t.cudaErrorNoDevice:
         return 0
+    if error == rt.cudaError_t.cudaErrorInsufficientDriver:
+        _, driver = rt.cudaDriverGetVersion()
+        _, runtime = rt.cudaRuntimeGetVersion()
+        found = (
+            f"the NVIDIA driver supports CUDA {_cuda_version(driver)}" if driver else "no NVIDIA driver found"
+        )
+        raise CudaError(
+            f"{found}, but cuda-python here is built for CUDA {_cuda_version(runtime)}: install the "
+            "cuda-python major the driver supports (the tensorrt extra pins 12.x, which needs driver "
+            "≥ 525; 13.x needs ≥ 580) or upgrade the driver"
+        )
+    return int(_ok(result, "cudaGetDeviceCount"))
 
 
 def compute_capability(device: int = 0) -> str:

@@ -49,7 +49,7 @@ ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
 }
 # Bump when a backend's engine step changes what it makes from the same graph (fusions, kernels),
 # so builds redo those engines.
-ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 4, Backend.tensorrt: 1}
+ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 4, Backend.tensorrt: 2}
 
 
 def resolve_backend(requested: Backend) -> Backend:
@@ -157,10 +157,12 @@ def engine_from_onnx(
             report = step(graph, staged, **(step_options or {})) | {
                 "step_version": ENGINE_STEP_VERSION[backend]
             }
-        # An ORT engine's I/O can differ from its graph's (the fused decoder takes the KV pool whole).
-        model = onnx.load(
-            str(out / name if backend is Backend.onnxruntime else graph), load_external_data=False
+        # An engine's I/O can differ from its graph's: the fused ORT decoder takes the KV pool
+        # whole, and a TensorRT plan is parsed from a copy of the graph with fp16 KV (report["onnx"]).
+        io_graph = (
+            out / name if backend is Backend.onnxruntime else graph.parent / report.get("onnx", graph.name)
         )
+        model = onnx.load(str(io_graph), load_external_data=False)
         hashed = {n: sha256_file(out / n) for n in [name, *data_files(out / name)]}
         record_verified(out, hashed)
         manifest.put(

@@ -3,8 +3,9 @@
 Format (written by the INT8 calibration step beside the engines): a header line
 `TRT-<version>-EntropyCalibration2`, then one `<tensor name>: <8 hex digits>` line per tensor, the
 hex digits being the big-endian IEEE float32 scale (amax / 127). TensorRT 10 reads it through an
-`IInt8EntropyCalibrator2` whose `read_calibration_cache` returns the file's bytes and whose
-`get_batch` returns None (no data: the cache is complete, so TensorRT never asks for batches).
+`IInt8EntropyCalibrator2` whose `read_calibration_cache` returns the file's bytes (its header
+naming the TensorRT that builds) and whose `get_batch` returns None (no data: the cache is
+complete, so TensorRT never asks for batches).
 TensorRT 11 removed implicit calibration; there the Q/DQ graph carries the same scales.
 """
 
@@ -72,8 +73,18 @@ def find_calibration_cache(component: str, *directories: Path) -> Path | None:
     return None
 
 
-def make_entropy_calibrator(trt, cache: CalibrationCache):
-    """An IInt8EntropyCalibrator2 that only replays `cache` (TensorRT 10.x; deprecated since 10.1)."""
+def with_version(cache: CalibrationCache, version: int) -> bytes:
+    """`cache`'s bytes with its header naming TensorRT `version`. TensorRT may skip a cache written
+    for another version; ours holds our own entropy-calibration scales, not a record of a
+    TensorRT run, so they are valid for whichever TensorRT builds from them."""
+    body = cache.raw.split(b"\n", 1)[1] if b"\n" in cache.raw else b""
+    return f"TRT-{version}-EntropyCalibration2\n".encode() + body
+
+
+def make_entropy_calibrator(trt, cache: CalibrationCache, version: int):
+    """An IInt8EntropyCalibrator2 that only replays `cache`, labelled for TensorRT `version`
+    (TensorRT 10.x; deprecated since 10.1)."""
+    raw = with_version(cache, version)
 
     class CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -86,7 +97,7 @@ def make_entropy_calibrator(trt, cache: CalibrationCache):
             return None
 
         def read_calibration_cache(self):
-            return cache.raw
+            return raw
 
         def write_calibration_cache(self, data) -> None:  # ours is the source of truth
             return None

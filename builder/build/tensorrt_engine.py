@@ -1,12 +1,16 @@
 """The TensorRT backend's build step: precision-annotated ONNX -> serialized plan.
 
 Parsed with TensorRT's ONNX parser from the pre-optimizer graph (ONNX Runtime's optimized graph
-holds com.microsoft ops TensorRT cannot import; `--check-only` proves it on the CPU). Per build:
-optimization profiles from the graph's dynamic axes (tensorrt_profiles.py), a timing cache shared
-by every build in the engines dir, the builder optimization level and workspace limit from
-TensorRTConfig, precision per TensorRT version (tensorrt_compat.py), and the engine inspector's
-layer report saved as `<plan>.layers.json` and summarised. TensorRT is imported lazily: it is
-absent on CPU-only machines.
+holds com.microsoft ops TensorRT cannot import; `--check-only` proves it on the CPU), by path, so
+weights stored beside a graph over 2 GB (ONNX external data) resolve. int8 and int4 decoders are
+quantized from the fp32 graph, KV I/O included: their plans get the fp16 engine's fp16 KV pool
+through a copy of the graph with Casts at the KV inputs and output (fp16_kv_onnx_from_graph).
+Per build: optimization profiles from the graph's dynamic axes (tensorrt_profiles.py), a timing
+cache shared by every build in the engines dir, the builder optimization level and workspace limit
+from TensorRTConfig, precision per TensorRT version (tensorrt_compat.py), and the engine
+inspector's layer report saved as `<plan>.layers.json` and summarised. The plan and every file
+beside it are written to a temporary name and renamed. TensorRT is imported lazily: it is absent
+on CPU-only machines.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import json
 import os
 from pathlib import Path
 
+import onnx
+
 from builder.build.tensorrt_calibration import find_calibration_cache
+from builder.build.tensorrt_fp16_kv import FP16_KV_PRECISIONS, fp16_kv_onnx_from_graph
 from builder.build.tensorrt_layers import fusion_summary
-from builder.build.tensorrt_profiles import Profile, graph_inputs, profiles_for
+from builder.build.tensorrt_profiles import Profile, ProfileError, graph_inputs, profiles_for
 from builder.config import TensorRTConfig
 from builder.errors import BackendUnavailableError, BuildError
 from builder.manifest import Manifest
@@ -75,13 +82,25 @@ def _parse(trt, builder, graph: Path, flags: int):
 
 
 def _add_profiles(builder, config, profiles: list[Profile]) -> list:
-    """Add `profiles` to `config`; return the TensorRT profile objects, in order."""
+    """Add `profiles` to `config` in order (the runtime selects them by index: 0 prefill, 1 decode);
+    return the TensorRT profile objects."""
     added = []
     for profile in profiles:
         trt_profile = builder.create_optimization_profile()
         for name, shape in profile.shapes.items():
-            trt_profile.set_shape(name, shape.min, shape.opt, shape.max)
-        config.add_optimization_profile(trt_profile)
+            try:
+                trt_profile.set_shape(name, shape.min, shape.opt, shape.max)
+            except RuntimeError as error:  # the binding raises where setDimensions returns false
+                raise ProfileError(
+                    f"TensorRT refused the {profile.name} profile's range for input '{name}' (min "
+                    f"{shape.min}, opt {shape.opt}, max {shape.max}): {error}. Check the manifest's axes"
+                ) from None
+        index = config.add_optimization_profile(trt_profile)
+        if index != len(added):
+            raise ProfileError(
+                f"TensorRT refused the {profile.name} optimization profile: add_optimization_profile "
+                f"returned {index} (-1: invalid), expected {len(added)}; see the TensorRT log above"
+            )
         added.append(trt_profile)
     return added
 
@@ -108,10 +127,17 @@ def _save_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _layer_report(trt, plan: bytes, logger) -> dict:
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan)
+def _layer_report(trt, plan: bytes, logger, name: str) -> dict:
+    """The engine inspector's JSON for `plan`; deserializing it also proves the plan loads."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BuildError(
+            f"TensorRT built {name} but cannot deserialize the plan (see the TensorRT log above); "
+            "nothing was written. Check free GPU memory and that this TensorRT matches its libraries"
+        )
     inspector = engine.create_engine_inspector()
+    if inspector is None:
+        raise BuildError(f"TensorRT could not create an engine inspector for {name} (see its log above)")
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
@@ -138,10 +164,11 @@ def trt_engine_from_onnx(
     has_qdq = _has_qdq(graph)
     cache_file = find_calibration_cache(component, engines_dir, graph.parent) if precision == "int8" else None
     plan_precision = compat.plan_precision(trt, precision, has_qdq, cache_file)
+    parsed = fp16_kv_onnx_from_graph(graph) if is_decoder and precision in FP16_KV_PRECISIONS else graph
 
     logger = _Logger.make(trt)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, graph, compat.network_flags(trt, plan_precision))
+    network, _parser = _parse(trt, builder, parsed, compat.network_flags(trt, plan_precision))
     build_config = builder.create_builder_config()
     build_config.builder_optimization_level = config.optimization_level
     if config.workspace_gib is not None:
@@ -156,10 +183,9 @@ def trt_engine_from_onnx(
     if serialized is None:
         raise BuildError(f"TensorRT failed to build {graph.name} (see the TensorRT log above)")
     plan = bytes(serialized)
-    engine.write_bytes(plan)
+    layers = _layer_report(trt, plan, logger, graph.name)
+    _save_atomic(engine, plan)
     _save_atomic(timing_path, bytes(timing_cache.serialize()))
-
-    layers = _layer_report(trt, plan, logger)
     layers_path = engines_dir / f"{component}.{precision}.plan.layers.json"
     _save_atomic(layers_path, (json.dumps(layers, indent=1) + "\n").encode())
     summary = fusion_summary(layers)
@@ -170,6 +196,7 @@ def trt_engine_from_onnx(
         note(f"  {line}")
     return {
         "builder": f"tensorrt {trt.__version__}",
+        "onnx": parsed.name,  # the graph TensorRT parsed: the plan's I/O names and types
         "precision_mode": plan_precision.description,
         "optimization_level": config.optimization_level,
         "workspace_gib": config.workspace_gib,
@@ -182,7 +209,5 @@ def trt_engine_from_onnx(
 
 
 def _has_qdq(graph: Path) -> bool:
-    import onnx
-
     model = onnx.load(str(graph), load_external_data=False)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)

@@ -15,10 +15,15 @@ each call's new K/V into it in place, exactly as with ONNX Runtime, so the host 
 single source of truth. Per call this engine uploads only the pool blocks the call's block tables
 name (the working set attention reads), packed into a compact device pool, and renumbers the
 block tables to it: exact, and bounded by the context actually attended to. Decode calls pad the
-tables to a power-of-two number of blocks (block 0, masked by past_lens) so the shapes — and the
-CUDA graph captured for them — repeat: one graph per (decode profile, batch size, block bucket).
-Keeping the pool resident on the GPU (no per-step upload) needs the decoder to hand this engine
-the slot mapping of new K/V; see docs/tensorrt.md.
+tables to a power-of-two number of blocks, capped at the profile's maximum (block 0, masked by
+past_lens) so the shapes — and the CUDA graph captured for them — repeat: one graph per (decode
+profile, batch size, block bucket). Keeping the pool resident on the GPU (no per-step upload)
+needs the decoder to hand this engine the slot mapping of new K/V; see docs/tensorrt.md.
+
+Buffers. Inputs and new_kv get buffers for their profile's max shapes. Logits do not: the prefill
+profile's max is [8, max_seq_len, V] (logit_positions reaches max_seq_len so one sequence can be
+scored at every position), 9.9 GB for a 151,552-token vocabulary at 2048, while generation reads
+one position per sequence. They start at [B, 1, V] and grow to what a call's logit_index asks.
 """
 
 from __future__ import annotations
@@ -50,6 +55,24 @@ def _enqueue(context, stream: cuda.Stream) -> None:
     _check(context.execute_async_v3(stream.ptr), "execution failed")
 
 
+def first_output_shape(name: str, max_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape an output's buffers are first allocated for, given its shape at the profile's max
+    inputs: logits [B, T, V] -> [B, 1, V] (one position per sequence, what generation reads; the
+    decoder returns logits only at logit_index's T positions); every other output, its max."""
+    if name == io.LOGITS and len(max_shape) == 3:
+        return (max_shape[0], 1, max_shape[2])
+    return tuple(max_shape)
+
+
+def allocation_strategy(trt, shared_buffer: bool):
+    """USER_MANAGED where every context draws on one shared activation buffer (TensorRT ≥ 10.1);
+    else ON_PROFILE_CHANGE (TensorRT 10.0, where the enum and all three values first appear): each
+    context allocates for the profile it selects. The default, STATIC, gives every context the
+    largest profile's (prefill's) memory, and a decoder holds up to 2 + 64 contexts."""
+    strategies = trt.ExecutionContextAllocationStrategy
+    return strategies.USER_MANAGED if shared_buffer else strategies.ON_PROFILE_CHANGE
+
+
 class _Graph(NamedTuple):
     context: object  # the execution context this graph was captured from (its own)
     graph: cuda.CudaGraph
@@ -78,20 +101,18 @@ class TensorRTEngine(Engine):
         self.profiles = [
             _ProfileRunner(self, index, cuda_graphs and count > 1 and index == 1) for index in range(count)
         ]
+        # Decode buckets stop at the decode profile's most blocks per sequence.
+        self.decode_blocks = self.profiles[-1].ranges[io.BLOCK_TABLES][2][1] if self.kv_names else None
 
     def new_context(self, profile: int, shapes: dict[str, tuple]):
         """An execution context on `profile` with these input shapes (tensor addresses are the
         caller's to bind), drawing on the shared activation buffer where this TensorRT allows.
         Several contexts may select one profile: profile sharing is always on since TensorRT 10.0
         (PreviewFeature.PROFILE_SHARING_0806, deprecated there as the fixed default)."""
-        trt = self.trt
-        if self.scratch is None:
-            context = self.engine.create_execution_context()
-        else:
-            strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-            context = self.engine.create_execution_context(strategy)
-            if context is not None:
-                context.set_device_memory(self.scratch.ptr, self.scratch.nbytes)
+        shared = self.scratch is not None
+        context = self.engine.create_execution_context(allocation_strategy(self.trt, shared))
+        if context is not None and shared:
+            context.set_device_memory(self.scratch.ptr, self.scratch.nbytes)
         if context is None:
             raise TensorRTRuntimeError(
                 "TensorRT could not create an execution context (out of device memory? see its log above)"
@@ -111,7 +132,7 @@ class TensorRTEngine(Engine):
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         decode = io.INPUT_IDS in feeds and feeds[io.INPUT_IDS].shape[1] == 1 and len(self.profiles) > 1
         if self.kv_names:
-            feeds = compact_pool(feeds, self.kv_names, pad_to_bucket=decode)
+            feeds = compact_pool(feeds, self.kv_names, pad_to_bucket=decode, max_blocks=self.decode_blocks)
         order = [self.profiles[1], self.profiles[0]] if decode else self.profiles
         for runner in order:
             if runner.fits(feeds):
@@ -141,19 +162,20 @@ def _activation_buffer(engine) -> cuda.DeviceBuffer | None:
 
 
 class _ProfileRunner:
-    """One optimization profile: buffers sized for its max shapes (allocated once, so tensor
-    addresses never change and CUDA graphs stay valid), a context for plain runs, and with CUDA
-    graphs one more context per captured graph, bound to the same buffers."""
+    """One optimization profile: buffers sized for its max shapes (logits: see first_output_shape),
+    allocated once so tensor addresses stay put and CUDA graphs stay valid; a context for plain
+    runs, and with CUDA graphs one more context per captured graph, bound to the same buffers."""
 
     def __init__(self, owner: TensorRTEngine, index: int, cuda_graphs: bool) -> None:
         self.owner, self.index, self.cuda_graphs = owner, index, cuda_graphs
         engine = owner.engine
         self.ranges = {n: [tuple(s) for s in engine.get_tensor_profile_shape(n, index)] for n in owner.inputs}
         self.context = owner.new_context(index, {n: high for n, (_, _, high) in self.ranges.items()})
-        sizes = {n: int(np.prod(self.ranges[n][2])) for n in owner.inputs}
-        sizes |= {n: int(np.prod(self.context.get_tensor_shape(n))) for n in owner.outputs}
-        self.device = {n: cuda.DeviceBuffer(size * owner.dtypes[n].itemsize) for n, size in sizes.items()}
-        self.staging = {n: cuda.PinnedArray(size * owner.dtypes[n].itemsize) for n, size in sizes.items()}
+        shapes = {n: self.ranges[n][2] for n in owner.inputs}
+        shapes |= {n: first_output_shape(n, tuple(self.context.get_tensor_shape(n))) for n in owner.outputs}
+        sizes = {n: int(np.prod(shape)) * owner.dtypes[n].itemsize for n, shape in shapes.items()}
+        self.device = {n: cuda.DeviceBuffer(size) for n, size in sizes.items()}
+        self.staging = {n: cuda.PinnedArray(size) for n, size in sizes.items()}
         self._bind(self.context)
         self.graphs: dict[tuple, _Graph] = {}
 
@@ -198,6 +220,7 @@ class _ProfileRunner:
                     context.set_input_shape(name, shape),
                     f"refused shape {shape} for input {name} (profile {self.index})",
                 )
+            self._fit_outputs(context)
             _enqueue(context, stream)
         results = []
         for name in outputs:
@@ -212,6 +235,7 @@ class _ProfileRunner:
         """A graph on a context of its own, whose shapes never change after capture."""
         stream = self.owner.stream
         context = self.owner.new_context(self.index, shapes)
+        self._fit_outputs(context)
         self._bind(context)
         # One plain run first: TensorRT performs deferred shape-dependent setup on a context's
         # first enqueue, which must not land inside the capture.
@@ -221,10 +245,27 @@ class _ProfileRunner:
         self.graphs[key] = entry = _Graph(context, graph)
         return entry
 
-    def close(self) -> None:
+    def _fit_outputs(self, context) -> None:
+        """Grow any output buffer too small for `context`'s current shapes (logits when a call asks
+        for more positions than one per sequence). New addresses invalidate the captured graphs,
+        so they are dropped (each is recaptured on its next use)."""
+        for name in self.owner.outputs:
+            need = int(np.prod(context.get_tensor_shape(name))) * self.owner.dtypes[name].itemsize
+            if need <= self.device[name].nbytes:
+                continue
+            self._drop_graphs()
+            self.device[name].close()
+            self.staging[name].close()
+            self.device[name], self.staging[name] = cuda.DeviceBuffer(need), cuda.PinnedArray(need)
+            self._bind(self.context)
+
+    def _drop_graphs(self) -> None:
         for entry in self.graphs.values():
             entry.graph.close()
         self.graphs.clear()
+
+    def close(self) -> None:
+        self._drop_graphs()
         self.context = None
         for buffer in [*self.device.values(), *self.staging.values()]:
             buffer.close()
