@@ -66,6 +66,16 @@ def verify_entry(manifest: Manifest, engines_dir: Path, entry: EngineEntry, veri
     return path
 
 
+def verify_engines(manifest: Manifest, engines_dir: Path, precision: str) -> None:
+    """Hash every file of the engines a run at `precision` may load (`--verify`): the decoder's and
+    each encoder's, as choose_component_precision picks them. Loads after this find them verified."""
+    for component in manifest.engines:
+        chosen = choose_component_precision(manifest, component, precision)
+        verify_entry(
+            manifest, engines_dir, select_entry(manifest, engines_dir, component, chosen), verify=True
+        )
+
+
 def load_engine(
     manifest: Manifest,
     engines_dir: Path,

@@ -9,10 +9,11 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx.external_data_helper import uses_external_data
 
@@ -21,6 +22,8 @@ from onnx.external_data_helper import uses_external_data
 EXTERNAL_DATA_MIN_BYTES = int(os.environ.get("AUTOGLM_TRT_EXTERNAL_DATA_BYTES", 1 << 30))
 # Tensors under this stay inline (scales, shapes): one file read per weight, not per constant.
 EXTERNAL_TENSOR_MIN_BYTES = 1024
+# Streamed weights start on page boundaries, where ONNX Runtime can memory-map them.
+TENSOR_ALIGNMENT = 4096
 
 
 def data_file_name(graph: Path) -> str:
@@ -137,10 +140,24 @@ def publish_graph(staged: Path, graph: Path) -> None:
         (graph.parent / data_file_name(graph)).unlink(missing_ok=True)
 
 
-def save_graph(model: onnx.ModelProto, graph: Path) -> None:
-    """Write `model` to `graph`, its weights in `<graph>.data` when the model is large."""
+# (tensor, its stored bytes) → the bytes of its data as the tensor now types it
+Convert = Callable[[onnx.TensorProto, np.ndarray], np.ndarray]
+
+
+def save_graph(
+    model: onnx.ModelProto, graph: Path, weights_from: Path | None = None, convert: Convert | None = None
+) -> None:
+    """Write `model` to `graph`, its weights in `<graph>.data` when the model is large.
+
+    `weights_from`: the directory of the graph `model` was loaded from without its external data
+    (a pass that rewrote the graph, not the weights). Each such weight is streamed from there into
+    `<graph>.data`, one tensor at a time through `convert`, so memory holds one tensor, not the model.
+    """
     with staged_graph(graph) as path:
-        if needs_external_data(model):
+        if weights_from is not None and any(_streamed(t) for t in _all_tensors(model)):
+            _stream_weights(model, weights_from, path.parent / data_file_name(graph), convert)
+            onnx.save(model, str(path))
+        elif needs_external_data(model):
             onnx.save(
                 model,
                 str(path),
@@ -151,6 +168,33 @@ def save_graph(model: onnx.ModelProto, graph: Path) -> None:
             )
         else:
             onnx.save(model, str(path))
+
+
+def _streamed(tensor: onnx.TensorProto) -> bool:
+    """External data with a length: real bytes somewhere (shape-only stand-ins name no length)."""
+    return uses_external_data(tensor) and any(e.key == "length" for e in tensor.external_data)
+
+
+def _stream_weights(model: onnx.ModelProto, source: Path, target: Path, convert: Convert | None) -> None:
+    offset = 0
+    with target.open("wb") as out:
+        for tensor in filter(_streamed, _all_tensors(model)):
+            info = {e.key: e.value for e in tensor.external_data}
+            stored = np.fromfile(
+                source / info["location"],
+                np.uint8,
+                count=int(info["length"]),
+                offset=int(info.get("offset", 0)),
+            )
+            data = np.ascontiguousarray(convert(tensor, stored) if convert else stored).view(np.uint8)
+            padding = -offset % TENSOR_ALIGNMENT
+            out.write(b"\0" * padding)
+            offset += padding
+            out.write(data.data)
+            del tensor.external_data[:]
+            for key, value in (("location", target.name), ("offset", offset), ("length", data.nbytes)):
+                tensor.external_data.add(key=key, value=str(value))
+            offset += data.nbytes
 
 
 def remove_graph(graph: Path) -> None:

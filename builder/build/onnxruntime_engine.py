@@ -110,7 +110,7 @@ def _validate(graph: Path, engine: Path, quantised: bool) -> dict:
     from builder.build.ort_fusion.compare import as_dicts, compare_engine
 
     min_cosine = MIN_COSINE["quantised" if quantised else "exact"]
-    with stage(f"compare {engine.name} with {graph.name}"):
+    with stage(f"compare the fused engine with {graph.name}"):
         checks = compare_engine(graph, engine, min_cosine)
     for check in checks:
         note(f"  {check.line()}")

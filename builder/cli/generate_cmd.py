@@ -28,6 +28,9 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed for sampling (reproducible output).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per prompt.")] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for the engine; 0 = all.")] = 0,
+    verify: Annotated[
+        bool, typer.Option(help="Hash every engine file now, even those verified since they last changed.")
+    ] = False,
     image: Annotated[
         list[Path] | None,
         typer.Option(help="Image file (PNG, JPEG, …) placed before the prompt; repeatable."),
@@ -47,6 +50,11 @@ def generate(
         )
     except ValueError as error:
         raise RuntimeUserError(str(error)) from None
+    if verify:
+        from builder.manifest import Manifest
+        from runtime.engine_loader import verify_engines
+
+        verify_engines(Manifest.load(engines), engines, precision)
     generator = TextGenerator(engines, precision=precision, threads=threads)
     if chat and not generator.tokenizer.has_chat_template:
         raise RuntimeUserError(f"the tokenizer in {engines} has no chat template; drop --chat")

@@ -75,7 +75,7 @@ def test_every_engine_keeps_its_weights_beside_it_and_the_manifest_covers_them(e
 
 
 def test_external_data_engines_generate_what_inline_engines_do(external_engines, glm4v_tiny_int8_engines):
-    for precision in ("fp32", "int8"):
+    for precision in ("fp32", "fp16", "int8"):
         assert greedy(external_engines, precision) == greedy(glm4v_tiny_int8_engines, precision)
 
 
@@ -166,3 +166,29 @@ def test_a_full_disk_stops_the_build_with_one_line_and_leaves_nothing_half_writt
     assert "Traceback" not in result.stderr
     left = [p.name for d in (out, work) if d.exists() for p in d.iterdir()]
     assert not [name for name in left if name.endswith((".onnx", ".data", ".tmp")) or ".staging-" in name]
+
+
+def test_verify_catches_a_change_hidden_behind_a_restored_mtime(engines_copy):
+    data = _data_file(engines_copy)
+    run("generate", "--engines", engines_copy, "--precision", "fp32", "--prompt", "hi", "--max-tokens", "1")
+    stat = data.stat()
+    with data.open("r+b") as handle:  # same size and inode, mtime put back: only a hash can tell
+        handle.seek(stat.st_size // 3)
+        byte = handle.read(1)
+        handle.seek(stat.st_size // 3)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    args = (
+        "generate",
+        "--engines",
+        engines_copy,
+        "--precision",
+        "fp32",
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "1",
+    )
+    assert run(*args).returncode == 0  # trusted: the stamp matches (see runtime/engine_files.py)
+    result = run(*args, "--verify")
+    assert result.returncode == 2 and "does not match its manifest hash" in result.stderr
