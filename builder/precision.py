@@ -8,10 +8,14 @@ pool and new K/V are fp16 (half the memory); logits stay fp32 for sampling and a
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import onnx
+from onnxruntime.transformers import float16
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from runtime import decoder_io as io
@@ -128,20 +132,42 @@ def _restore_shapes(model: onnx.ModelProto, shapes: dict[str, onnx.TensorShapePr
 
 
 def fp16_from_fp32(src: Path, dst: Path) -> None:
-    model = onnx.load(str(src))
+    """The graph is rewritten without its external weights (a model over 2 GB could not even be
+    shape-inferred in memory); they are then streamed into dst's data file, converted one by one."""
+    converted = fp16_model(onnx.load(str(src), load_external_data=False))
+    save_graph(converted, dst, weights_from=src.parent, convert=_stored_as_fp16)
+    onnx.checker.check_model(str(dst))  # by path: external data is checked where it now lives
+
+
+def _stored_as_fp16(tensor: onnx.TensorProto, stored: np.ndarray) -> np.ndarray:
+    """A weight the converter retyped to fp16 while its fp32 bytes stayed on disk: convert them as
+    the converter does inline weights (clamped to fp16's finite range); any other weight as stored."""
+    if tensor.data_type == onnx.TensorProto.FLOAT16 and stored.nbytes == 4 * math.prod(tensor.dims):
+        return float16.convert_np_to_float16(stored.view(np.float32))
+    return stored
+
+
+def fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The fp16 rewrite of `model`, in memory. Loaded weights are converted; shape-only ones
+    (runtime/shape_only.py) are only retyped, which is all a check of the graph needs."""
     shapes = {v.name: onnx.TensorShapeProto() for v in model.graph.value_info}
     for info in model.graph.value_info:
         shapes[info.name].CopyFrom(info.type.tensor_type.shape)
     keep = {node.name for node in model.graph.node if node.op_type in FP32_OP_TYPES}
     keep |= _rope_ancestors(model.graph) | _rmsnorm_chains(model.graph)
-    converted = convert_float_to_float16(
-        model,
-        keep_io_types=list(FP32_OUTPUTS),
-        op_block_list=list(FP32_OP_TYPES),
-        node_block_list=sorted(keep),
-    )
+    # ORT's converter decodes each converted initializer again only to learn its shape: give it
+    # the dims, which shape-only weights have too (and nothing is decoded twice).
+    with mock.patch.object(float16, "make_value_info_from_tensor", _value_info_from_dims):
+        converted = convert_float_to_float16(
+            model,
+            keep_io_types=list(FP32_OUTPUTS),
+            op_block_list=list(FP32_OP_TYPES),
+            node_block_list=sorted(keep),
+        )
     _tidy(converted.graph)
     _skip_round_trips(converted.graph, keep)
-    converted = _restore_shapes(converted, shapes)
-    onnx.checker.check_model(converted)
-    save_graph(converted, dst)
+    return _restore_shapes(converted, shapes)
+
+
+def _value_info_from_dims(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
