@@ -34,7 +34,7 @@ from calibration.smoothing import DOWN, GATE_UP, QKV, smoothing_plan
 from calibration.weight_only import INT8, Scheme, weight_only
 from runtime.onnx_files import graph_complete, save_graph
 
-INT4_VERSION = 2  # bump when the quantiser, the AWQ search or the graph pattern changes
+INT4_VERSION = 3  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
 CHANGED_IN_21 = frozenset({"GroupNormalization"})
 AWQ_KINDS = (QKV, GATE_UP, DOWN)

@@ -41,7 +41,7 @@ from calibration.weight_only import INT8, weight_only
 from runtime.onnx_files import graph_complete, graph_digest, save_graph, staged_graph
 
 CALIBRATOR_VERSION = 1  # bump when histograms or the threshold search change
-QDQ_VERSION = 4  # bump when the Q/DQ placement or rewrite changes
+QDQ_VERSION = 5  # bump when the Q/DQ placement or rewrite changes
 SMOOTH_VERSION = 1  # bump when the channel maxima, the scale formula or the smoothing rewrite change
 SMOOTH_METHOD = (
     "SmoothQuant: s_j = max|X_j|^α / max|W_j,:|^(1−α); 1/s folded into the norm weight or up projection"

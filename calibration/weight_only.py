@@ -15,14 +15,19 @@ dynamo export writes SmolLM2's as a Transpose node of the table; a stored [H, V]
 transpose is recognised too) is stored once, per vocab row:
     Tq [V, H] → DequantizeLinear (`<T>_dq`) → Gather(·, input_ids)            (embedding)
                                            → Transpose(perm=[1, 0]) → MatMul   (lm_head)
-int8: scale [V], axis 0; int4: blocks along H, scale [V, ceil(H/bs)], axis 1. Untied embedding
-tables stay float; their lm_head is quantised like any other weight.
+int8: scale [V], axis 0; int4: blocks along H, scale [V, ceil(H/bs)], axis 1. An untied embedding
+table gets the same DequantizeLinear feeding its Gathers; its lm_head is quantised like any other
+weight.
 
 Naming: a weight initializer W becomes `W_q` (int8/int4) and `W_scale` (float32), read by the node
 `W_DequantizeLinear` whose output is `W_dq`. The tied lm_head keeps the export's own
 `Transpose(T)` (now reading `T_dq`); where the export stored a transposed copy instead, the copy
 is dropped and a new `T_dq_Transpose` node (output `T_dq_T`) feeds the lm_head.
 Weights with fewer than MIN_ELEMENTS values (biases are never touched) stay float.
+
+Shape-only weights (runtime/shape_only.py: a model checked at a size this machine cannot hold)
+get the same nodes with shape-only quantised weights and scales; a tied table is then found only
+in the Transpose form (comparing a stored copy needs the values).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from runtime.shape_only import is_shape_only, shape_only_tensor
 
 INT8_MAX, INT4_MAX = 127, 7
 MIN_ELEMENTS = 1024  # smaller weights (e.g. a 2-D bias-like constant) gain nothing from int8/int4
@@ -128,7 +135,12 @@ def _dq_node(weight: str, scheme: Scheme, axis: int, out: str | None = None) -> 
     )  # fmt: skip
 
 
-def _weight_tensors(name: str, w: np.ndarray, scheme: Scheme, contracted_axis: int) -> list[onnx.TensorProto]:
+def _weight_tensors(
+    name: str, weight: onnx.TensorProto, scheme: Scheme, contracted_axis: int
+) -> list[onnx.TensorProto]:
+    if is_shape_only(weight):
+        return _shape_only_tensors(name, tuple(weight.dims), scheme, contracted_axis)
+    w = numpy_helper.to_array(weight)
     if scheme.bits == 8:
         q, scale = quantise_int8(w, 1 - contracted_axis)
         q_tensor = numpy_helper.from_array(q, f"{name}_q")
@@ -136,6 +148,22 @@ def _weight_tensors(name: str, w: np.ndarray, scheme: Scheme, contracted_axis: i
         q, scale = quantise_int4(w, scheme.block_size, contracted_axis)
         q_tensor = int4_tensor(f"{name}_q", q)
     return [q_tensor, numpy_helper.from_array(scale, f"{name}_scale")]
+
+
+def _shape_only_tensors(
+    name: str, dims: tuple[int, int], scheme: Scheme, contracted_axis: int
+) -> list[onnx.TensorProto]:
+    """What `_weight_tensors` writes, as shape-only stand-ins: Wq of the weight's shape, and the
+    scale per output channel (int8) or per block of the contracted axis (int4)."""
+    if scheme.bits == 8:
+        q_type, scale_dims = onnx.TensorProto.INT8, [dims[1 - contracted_axis]]
+    else:
+        q_type, scale_dims = onnx.TensorProto.INT4, list(dims)
+        scale_dims[contracted_axis] = -(-dims[contracted_axis] // scheme.block_size)
+    return [
+        shape_only_tensor(f"{name}_q", q_type, dims),
+        shape_only_tensor(f"{name}_scale", onnx.TensorProto.FLOAT, scale_dims),
+    ]
 
 
 # ---------------------------------------------------------------- graph rewrite
@@ -146,12 +174,14 @@ class WeightOnlyReport:
     quantised: list[str] = field(default_factory=list)  # node names reading a dequantised weight
     kept_float: dict[str, str] = field(default_factory=dict)  # node name -> why
     tied_embedding: str | None = None  # the shared table's initializer, when stored once
+    embedding_tables: list[str] = field(default_factory=list)  # untied tables read only by Gathers
 
     def as_dict(self) -> dict:
         return {
             "weight_only_nodes": len(self.quantised),
             "weight_only_kept_float": self.kept_float,
             "tied_embedding": self.tied_embedding,
+            "embedding_tables": self.embedding_tables,
         }
 
 
@@ -206,6 +236,20 @@ def weight_only(
             report.tied_embedding = t_name
             report.quantised.append(matmul.name)
 
+    # Untied tables (GLM's 151,552 × 4096: 2.5 GB in fp32) are rows looked up, quantised per row
+    # as the tied table is; only the rows a step reads are dequantised.
+    for t_name, table in _gather_tables(g, inits).items():
+        small = int(np.prod(table.dims)) < MIN_ELEMENTS
+        if t_name in done or t_name in skip or small or not _only_gathers(readers[t_name], t_name, None):
+            continue
+        tscheme = table_scheme or scheme
+        g.initializer.extend(_weight_tensors(t_name, table, tscheme, contracted_axis=1))
+        dq = _dq_node(t_name, tscheme, 1 if tscheme.bits == 4 else 0)
+        new_nodes.setdefault(min(position[id(n)] for n in readers[t_name]), []).append(dq)
+        for node in readers[t_name]:
+            node.input[0] = done[t_name] = dq.output[0]
+        report.embedding_tables.append(t_name)
+
     for node in g.node:
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.name in skip:
             continue
@@ -226,8 +270,7 @@ def weight_only(
             )
             continue
         axis = _contracted_axis(node)
-        w = numpy_helper.to_array(init)
-        g.initializer.extend(_weight_tensors(w_name, w, scheme, axis))
+        g.initializer.extend(_weight_tensors(w_name, init, scheme, axis))
         dq = _dq_node(w_name, scheme, axis if scheme.bits == 4 else 1 - axis)
         first = min(position[id(n)] for n in readers[w_name])
         new_nodes.setdefault(first, []).append(dq)
@@ -243,13 +286,8 @@ def weight_only(
     return report
 
 
-def _tied_embedding(g, inits, readers, skip):
-    """(table name, table [V, H], lm_head MatMul, Transpose node or None) when the lm_head reads
-    the embedding Gather's table transposed, else None. Two forms: a Transpose(perm=[1, 0]) of the
-    table itself (what torch's dynamo export writes for SmolLM2's tied weights), or a separate
-    initializer [H, V] equal to the table's transpose. The table must feed only Gathers (axis 0)
-    and that Transpose."""
-    producer = {out: n for n in g.node for out in n.output}
+def _gather_tables(g, inits) -> dict[str, onnx.TensorProto]:
+    """2-D float initializers that Gathers read along axis 0: embedding tables."""
     tables = {}
     for node in g.node:
         if node.op_type == "Gather" and node.input[0] in inits:
@@ -257,6 +295,17 @@ def _tied_embedding(g, inits, readers, skip):
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             if axis == 0 and len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
                 tables[init.name] = init
+    return tables
+
+
+def _tied_embedding(g, inits, readers, skip):
+    """(table name, table [V, H] initializer, lm_head MatMul, Transpose node or None) when the lm_head reads
+    the embedding Gather's table transposed, else None. Two forms: a Transpose(perm=[1, 0]) of the
+    table itself (what torch's dynamo export writes for SmolLM2's tied weights), or a separate
+    initializer [H, V] equal to the table's transpose. The table must feed only Gathers (axis 0)
+    and that Transpose."""
+    producer = {out: n for n in g.node for out in n.output}
+    tables = _gather_tables(g, inits)
     for node in g.node:
         if node.op_type != "MatMul" or node.name in skip:
             continue
@@ -266,14 +315,15 @@ def _tied_embedding(g, inits, readers, skip):
             perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), [1, 0])
             name = source.input[0]
             if perm == [1, 0] and len(readers[weight]) == 1 and _only_gathers(readers[name], name, source):
-                return name, numpy_helper.to_array(tables[name]), node, source
+                return name, tables[name], node, source
         elif weight in inits and len(readers[weight]) == 1 and len(inits[weight].dims) == 2:
             w = inits[weight]
             for name, table in tables.items():
                 if tuple(table.dims) == (w.dims[1], w.dims[0]) and _only_gathers(readers[name], name, None):
-                    t = numpy_helper.to_array(table)
-                    if np.array_equal(numpy_helper.to_array(w), t.T):
-                        return name, t, node, None
+                    if is_shape_only(w) or is_shape_only(table):
+                        continue  # equal only if the values are: unknowable, so kept untied
+                    if np.array_equal(numpy_helper.to_array(w), numpy_helper.to_array(table).T):
+                        return name, table, node, None
     return None
 
 

@@ -139,6 +139,22 @@ def test_weight_only_graph_stores_the_tied_table_once(tied, scheme):
         assert np.all(np.abs(wq - w) <= step / 2 * (1 + 1e-5))
 
 
+@pytest.mark.parametrize("scheme", [INT8, Scheme(4, 32)], ids=["int8", "int4"])
+def test_an_untied_embedding_table_is_quantised_per_row_for_its_gathers(scheme):
+    model, _, t = _graph("copy")
+    lm_head = next(i for i in model.graph.initializer if i.name == "lm_head.weight")
+    lm_head.CopyFrom(numpy_helper.from_array(RNG.normal(size=(100, 64)).astype(np.float32), "lm_head.weight"))
+    report = weight_only(model, scheme)
+    onnx.checker.check_model(model, full_check=True)
+    assert report.tied_embedding is None and report.embedding_tables == ["T"]
+    inits = {i.name: i for i in model.graph.initializer}
+    assert not [name for name, i in inits.items() if i.data_type == TensorProto.FLOAT and len(i.dims) == 2
+                and "scale" not in name]  # fmt: skip
+    ids = np.array([0, 17, 63])
+    _, e, _ = _run(model, {"x": RNG.normal(size=(2, 100)).astype(np.float32), "ids": ids})
+    np.testing.assert_array_equal(e, fake_quantise(t, scheme, 1)[ids])
+
+
 def test_gemm_with_trans_b_and_tiny_weights():
     w = RNG.normal(size=(48, 64)).astype(np.float32)  # Gemm transB: [N, K]
     small = RNG.normal(size=(64, 8)).astype(np.float32)  # 512 values: stays float
