@@ -9,7 +9,7 @@ PRECISIONS ?= fp32 fp16 int8 int4
 BACKEND ?= onnxruntime
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup build-engine serve bench test lint format clean
+.PHONY: setup build-engine serve bench test test-large lint format clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ bench: build-engine
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The glm4v-600m build (graphs over 2 GB, every precision): about 20 minutes on 2 cores.
+test-large: $(STAMP)
+	$(BIN)/pytest -q -m large $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +32,26 @@ def _peak_rss() -> int | None:
     return None
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the system between stages: glibc keeps them otherwise, and a
+    later stage's peak would stand on an earlier stage's garbage (gigabytes with a 2 GB model)."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
+
+
 def _reset_peak() -> bool:
     try:
         CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
@@ -42,6 +65,7 @@ def stage(title: str) -> Iterator[None]:
     console.print(f"[bold]▶[/] {title}")
     start = time.perf_counter()
     before = _peak_rss()
+    _release_freed_memory()
     if _open_peaks and before is not None:
         _open_peaks[-1] = max(_open_peaks[-1], before)
     tracked = before is not None and _reset_peak()

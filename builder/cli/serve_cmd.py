@@ -33,14 +33,39 @@ def serve(
     ] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads per engine; 0 = all.")] = 0,
     kv_blocks: Annotated[int, typer.Option(min=0, help="KV pool blocks; 0 = 8 full-length sequences.")] = 0,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A name clients pass as `model` (repeatable, e.g. autoglm-phone-9b); "
+            "default: the engines' model name."
+        ),
+    ] = None,
     repository: Annotated[
         Path | None, typer.Option(help="Triton model repository; default: this project's triton_repo/.")
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Hash every engine file before starting, even those verified since they last changed."
+        ),
+    ] = False,
 ) -> None:
     """Serve built engines: tritonserver (gRPC) and the OpenAI API (HTTP) until Ctrl-C or SIGTERM."""
+    from runtime.errors import RuntimeUserError
     from runtime.server.launcher import PROJECT_ROOT, ServeConfig
     from runtime.server.launcher import serve as run
 
+    names = tuple(dict.fromkeys(served_model_name or ()))  # repeated names count once
+    bad = [name for name in names if not name or any(c.isspace() for c in name)]
+    if bad:
+        raise RuntimeUserError(
+            f"--served-model-name {bad[0]!r}: a model name must be non-empty, without spaces"
+        )
+    if verify:  # here, before Triton starts: its models' loads then find every file verified
+        from builder.manifest import Manifest
+        from runtime.engine_loader import verify_engines
+
+        verify_engines(Manifest.load(engines), engines, precision)
     run(
         ServeConfig(
             engines_dir=engines,
@@ -52,6 +77,7 @@ def serve(
             allow_local_media=allow_local_media,
             threads=threads,
             kv_blocks=kv_blocks,
+            served_names=names,
             repo_dir=repository or PROJECT_ROOT / "triton_repo",
         ),
         say=lambda line: print(line, flush=True),
