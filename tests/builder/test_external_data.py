@@ -192,3 +192,20 @@ def test_verify_catches_a_change_hidden_behind_a_restored_mtime(engines_copy):
     assert run(*args).returncode == 0  # trusted: the stamp matches (see runtime/engine_files.py)
     result = run(*args, "--verify")
     assert result.returncode == 2 and "does not match its manifest hash" in result.stderr
+
+
+def test_a_sharded_checkpoint_with_an_index_builds_and_generates_the_same(
+    tmp_path, glm4v_tiny_model, glm4v_tiny_engines
+):
+    from transformers import Glm4vForConditionalGeneration
+
+    sharded = shutil.copytree(glm4v_tiny_model, tmp_path / "sharded")
+    (sharded / "model.safetensors").unlink()
+    Glm4vForConditionalGeneration.from_pretrained(glm4v_tiny_model).save_pretrained(
+        sharded, max_shard_size="500KB"
+    )
+    assert len(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]) > 1
+    engines = tmp_path / "engines"
+    result = run(*build_args(sharded, engines, tmp_path / "work", ("fp32",)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert greedy(engines, "fp32") == greedy(glm4v_tiny_engines, "fp32")
