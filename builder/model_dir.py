@@ -9,6 +9,7 @@ from pathlib import Path
 
 from builder.errors import ModelDirError
 from builder.export.families import DecoderFamily, family_for
+from builder.presets import is_shape_only
 from runtime.onnx_files import update_digest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # what from_pretrained loads
@@ -22,6 +23,8 @@ class ModelDir:
     path: Path
     model_type: str
     family: DecoderFamily
+    # Config and tokenizer only (e.g. preset autoglm-phone-9b-shape): graphs can be checked, not built.
+    shape_only: bool = False
 
     @property
     def name(self) -> str:
@@ -34,12 +37,22 @@ class ModelDir:
 
     def load(self):
         """The PyTorch model in eval mode, fp32, eager attention (the export reference)."""
+        if self.shape_only:
+            raise self.no_weights_error()
         import torch
 
         model = self.family.model_class.from_pretrained(
             self.path, dtype=torch.float32, attn_implementation="eager"
         )
         return model.eval()
+
+    def no_weights_error(self) -> ModelDirError:
+        return ModelDirError(
+            f"{self.path} is a shape-only model directory: it has the configuration and tokenizer but no "
+            "weights, so nothing can be exported, calibrated or built from it. Check its graphs at full "
+            f"size with `autoglm-trt build --model {self.path} --backend tensorrt --check-only --out DIR`, "
+            "or build from a directory that holds the real weights (*.safetensors)"
+        )
 
     def side_files(self) -> list[Path]:
         """Top-level files other than weights: config, tokenizer, chat template, generation config."""
@@ -67,7 +80,8 @@ def open_model_dir(path: Path) -> ModelDir:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelDirError(f"{config_file} is not readable JSON ({error}); re-save the model") from None
-    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir()):
+    shape_only = not any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir())
+    if shape_only and not is_shape_only(path):
         raise ModelDirError(f"{path} has a config.json but no weights (*.safetensors); re-save the model")
     model_type = config.get("model_type", "")
-    return ModelDir(path=path, model_type=model_type, family=family_for(model_type))
+    return ModelDir(path=path, model_type=model_type, family=family_for(model_type), shape_only=shape_only)

@@ -93,6 +93,8 @@ def build(
     if int4_table_bits not in (4, 8):
         raise CalibrationError(f"--int4-table-bits {int4_table_bits} is not supported; use 4 or 8")
     model_dir = open_model_dir(model)
+    if model_dir.shape_only and not check_only:
+        raise model_dir.no_weights_error()
     cfg = BuildConfig(
         export=export_config(model_dir, max_seq_len),
         precisions=tuple(dict.fromkeys(precision or [Precision.fp32, Precision.fp16])),
@@ -110,6 +112,11 @@ def build(
         ),
     )
     with stage(f"build {model_dir.name} → {out}"):
+        if model_dir.shape_only:  # config only: every graph is checked at full size, nothing is built
+            from builder.build.shape_only import check_shape_only
+
+            check_shape_only(model_dir, cfg, work_dir or Path("build") / model_dir.name)
+            return
         manifest = run_build(model_dir, cfg, out, work_dir or Path("build") / model_dir.name)
 
     for component, entries in manifest.engines.items():

@@ -18,6 +18,7 @@ def export(
     max_seq_len: MaxSeqLen = 2048,
 ) -> None:
     """Export the text decoder (paged KV, batch 1–8) to ONNX and compare it with PyTorch."""
+    from builder.build.components import TEXT_DECODER
     from builder.build.pipeline import fp32_onnx_from_model
 
     model_dir = open_model_dir(model)
@@ -25,5 +26,5 @@ def export(
     with stage(f"hash {model}"):
         source_hash = model_dir.source_hash()
     cfg = export_config(model_dir, max_seq_len)
-    graph = fp32_onnx_from_model(model_dir, cfg, out, source_hash)
+    graph = fp32_onnx_from_model(TEXT_DECODER, model_dir.load, model_dir, cfg, out, source_hash)
     console.print(f"exported: {graph}")

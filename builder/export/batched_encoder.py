@@ -19,20 +19,28 @@ def export_batched_encoder(
     encoder: nn.Module, example: torch.Tensor, names: tuple[str, str], cfg: ExportConfig, out: Path, what: str
 ) -> None:
     """Export `encoder(example)` with `names` = (input, output); `what` names it in errors."""
-    input_name, output_name = names
     large = sum(p.numel() * p.element_size() for p in encoder.parameters()) >= EXTERNAL_DATA_MIN_BYTES
+    program = batched_encoder_program(encoder, example, names, cfg, what)
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter chats on stdout
+        program.save(str(out), external_data=large)
+
+
+def batched_encoder_program(
+    encoder: nn.Module, example: torch.Tensor, names: tuple[str, str], cfg: ExportConfig, what: str
+) -> torch.onnx.ONNXProgram:
+    """The graph in memory, its initializers still the encoder's own tensors (nothing written)."""
+    input_name, output_name = names
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the exporter chats on stdout
         try:
-            torch.onnx.export(
+            return torch.onnx.export(
                 encoder,
                 (example,),
-                str(out),
+                None,
                 input_names=[input_name],
                 output_names=[output_name],
                 dynamic_shapes={input_name: {0: Dim("batch", min=1, max=cfg.max_batch)}},
                 opset_version=cfg.opset,
                 dynamo=True,
-                external_data=large,
                 verbose=False,
             )
         except Exception as error:  # the exporter raises many types; report them as one

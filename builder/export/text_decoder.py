@@ -110,6 +110,14 @@ def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
 
 def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> None:
     """Write the fp32 graph to `out` (weights inline below 2 GB, else as external data)."""
+    large = sum(p.numel() * p.element_size() for p in decoder.parameters()) >= EXTERNAL_DATA_MIN_BYTES
+    program = text_decoder_program(decoder, cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter chats on stdout
+        program.save(str(out), external_data=large)
+
+
+def text_decoder_program(decoder: PagedDecoder, cfg: ExportConfig) -> torch.onnx.ONNXProgram:
+    """The fp32 graph in memory, its initializers still the decoder's own tensors (nothing written)."""
     # Example sizes > 1 and all different, so no dynamic axis is specialised or tied to another.
     example = decoder_feeds(
         decoder,
@@ -124,20 +132,18 @@ def export_text_decoder(decoder: PagedDecoder, cfg: ExportConfig, out: Path) -> 
     if decoder.media:  # a row count unlike any other axis, so none is tied to it
         example[io.MEDIA_EMBEDS] = example[io.MEDIA_EMBEDS][:7].copy()
         example[io.MEDIA_ROWS] = np.where(example[io.MEDIA_ROWS] >= 0, example[io.MEDIA_ROWS] % 7, -1)
-    large = sum(p.numel() * p.element_size() for p in decoder.parameters()) >= EXTERNAL_DATA_MIN_BYTES
     # The exporter chats on stdout; keep stdout for results.
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         try:
-            torch.onnx.export(
+            return torch.onnx.export(
                 decoder,
                 _torch_args(example, decoder.shape.num_layers),
-                str(out),
+                None,
                 input_names=io.input_names(decoder.shape.num_layers, media=decoder.media),
                 output_names=list(io.OUTPUTS),
                 dynamic_shapes=_dynamic_shapes(decoder, cfg),
                 opset_version=cfg.opset,
                 dynamo=True,
-                external_data=large,
                 verbose=False,
             )
         except Exception as error:  # the exporter raises many types; report them as one

@@ -31,7 +31,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from builder.config import ExportConfig
 from builder.errors import ExportError, ModelDirError
-from builder.export.batched_encoder import export_batched_encoder
+from builder.export.batched_encoder import batched_encoder_program, export_batched_encoder
 from builder.export.validation import ValidationReport, compare
 from builder.model_dir import ModelDir
 
@@ -163,9 +163,17 @@ def hf_patches(pixel_values: np.ndarray, geometry: VisionGeometry) -> tuple[np.n
 
 
 def export_vision_encoder(encoder: BatchedVisionEncoder, cfg: ExportConfig, out: Path) -> None:
+    export_batched_encoder(encoder, _example(encoder), (INPUT, OUTPUT), cfg, out, "vision encoder")
+
+
+def vision_encoder_program(encoder: BatchedVisionEncoder, cfg: ExportConfig) -> torch.onnx.ONNXProgram:
+    """The graph in memory, nothing written (the shape-only check writes its own stand-in weights)."""
+    return batched_encoder_program(encoder, _example(encoder), (INPUT, OUTPUT), cfg, "vision encoder")
+
+
+def _example(encoder: BatchedVisionEncoder) -> torch.Tensor:
     g = encoder.geometry
-    example = torch.randn(2, 3, g.height, g.width)
-    export_batched_encoder(encoder, example, (INPUT, OUTPUT), cfg, out, "vision encoder")
+    return torch.randn(2, 3, g.height, g.width)
 
 
 def validate_vision_encoder(
@@ -227,11 +235,17 @@ def manifest_info(model_dir: ModelDir) -> dict:
     }
 
 
+def batched_vision_encoder(model: nn.Module, model_dir: ModelDir) -> BatchedVisionEncoder:
+    """The exportable wrapper around `model`'s vision tower, at the engine's fixed image size."""
+    g = engine_geometry(_processor_config(model_dir), model.config.vision_config)
+    return BatchedVisionEncoder(model.model.visual, g).eval()
+
+
 def export_component(model: nn.Module, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
     from builder.progress import stage
 
-    g = engine_geometry(_processor_config(model_dir), model.config.vision_config)
-    encoder = BatchedVisionEncoder(model.model.visual, g).eval()
+    encoder = batched_vision_encoder(model, model_dir)
+    g = encoder.geometry
     with stage(f"export vision_encoder → ONNX (batch 1–{cfg.max_batch}, {g.height}×{g.width})"):
         export_vision_encoder(encoder, cfg, out)
     with stage("validate vision_encoder: ONNX Runtime vs PyTorch vs Hugging Face (batch 1 and 8)"):

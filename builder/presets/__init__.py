@@ -19,6 +19,8 @@ MARKER = "autoglm_preset.json"
 CREATED_BY = "autoglm-trt"
 GLM4V_TINY_SEED = 0
 GLM4V_600M_SEED = 0
+# Presets that write a config and tokenizer but no weights (exact shapes for `build --check-only`).
+SHAPE_ONLY_PRESETS = frozenset({"autoglm-phone-9b-shape"})
 
 
 # The preset modules import torch and transformers; load them only when a preset is created.
@@ -79,6 +81,8 @@ def create_preset(name: str, out: Path) -> Path:
     try:
         PRESETS[name](staging)
         marker = {"preset": name, "seed": _SEEDS.get(name), "created_by": CREATED_BY}
+        if name in SHAPE_ONLY_PRESETS:
+            marker["weights"] = "none"
         (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         _move_into_place(staging, out)
     except BaseException:  # also Ctrl-C: never leave the staging dir behind
@@ -96,6 +100,12 @@ def read_preset_marker(path: Path) -> dict[str, Any] | None:
     if not isinstance(marker, dict) or marker.get("created_by") != CREATED_BY:
         return None
     return marker
+
+
+def is_shape_only(path: Path) -> bool:
+    """Whether `path` is a model directory this tool created with a config and tokenizer but no weights."""
+    marker = read_preset_marker(path)
+    return marker is not None and marker.get("weights") == "none"
 
 
 def _check_target(name: str, out: Path) -> None:

@@ -162,7 +162,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def write_image_processor_config(out: Path, vision: dict = VISION) -> None:
+def write_image_processor_config(out: Path, vision: dict = VISION, size: dict = IMAGE_SIZE) -> None:
     """`preprocessor_config.json` for GLM-4.1V's image processor, written as plain JSON.
 
     Instantiating `Glm4vImageProcessorPil` needs pillow (and the default class torchvision), which
@@ -172,7 +172,7 @@ def write_image_processor_config(out: Path, vision: dict = VISION) -> None:
     config = {
         "image_processor_type": "Glm4vImageProcessor",  # AutoImageProcessor picks the PIL or torchvision backend
         "do_resize": True,
-        "size": IMAGE_SIZE,
+        "size": size,
         "resample": 3,  # bicubic
         "do_rescale": True,
         "rescale_factor": 1 / 255,
