@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.server.prompting import PromptLimits
+
+MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is a 431
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
     triton_url: str  # host:port of Triton's gRPC endpoint
-    model_id: str  # the name clients pass as `model` (the engines' model name)
+    model_id: str  # the engines' model name
+    served_names: tuple[str, ...] = ()  # the names clients pass as `model`; () = (model_id,)
     llm_model: str = "llm"  # the Triton model that generates
     encoder_models: tuple[str, ...] = ()  # encoder models loaded beside it (for /health)
     api_key: str | None = None  # bearer token required on /v1/* when set
     allow_local_media: bool = False  # image_url / input_audio may name a local file
     max_body_bytes: int = 32 * 1024 * 1024  # larger requests get 413
+    max_header_bytes: int = MAX_HEADER_BYTES
+    prompt_limits: PromptLimits | None = None  # None: the llm model alone measures prompts
     default_chat_max_tokens: int | None = None  # None: up to the engines' limit
     default_completion_max_tokens: int = 16  # OpenAI's default for /v1/completions
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.served_names or (self.model_id,)

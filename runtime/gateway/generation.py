@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from runtime.gateway.errors import APIError
+from runtime.gateway.disconnect import ClientGone, EventStream, until_disconnect
+from runtime.gateway.errors import APIError, error_body
 from runtime.gateway.metrics import GatewayMetrics
 from runtime.gateway.responses import DONE, Completion, sse
 from runtime.gateway.triton_llm import Chunk, LLMUnavailable, LLMUserError, TritonLLM
 from runtime.server.wire import GenerateRequest
+
+log = logging.getLogger(__name__)
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; seen only in metrics
 
 
 class _Timing:
@@ -40,18 +45,32 @@ class _Timing:
         self.metrics.generation_tokens.inc(info.get("completion_tokens", 0))
 
 
-async def _next(chunks: AsyncIterator[Chunk]) -> Chunk:
+async def _counted(chunks: AsyncIterator[Chunk], metrics: GatewayMetrics) -> AsyncIterator[Chunk]:
+    """`chunks`, counted in the in-flight gauge from its first read until it ends or is closed."""
+    metrics.in_flight.inc()
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        metrics.in_flight.dec()
+        await chunks.aclose()
+
+
+async def _next(chunks: AsyncIterator[Chunk], request_id: str) -> Chunk:
     try:
         return await anext(chunks)
-    except LLMUserError as error:
+    except LLMUserError as error:  # written by our model for the client: passed on as is
         raise APIError(400, str(error)) from None
-    except LLMUnavailable as error:
-        raise APIError(503, f"the model server is unavailable: {error}") from None
+    except LLMUnavailable as error:  # Triton's or a library's words: for the log only
+        log.error("request %s: the model server failed: %s", request_id, error)
+        raise APIError(503, "the model server could not answer this request") from None
     except StopAsyncIteration:
+        log.error("request %s: the model server closed the stream without an answer", request_id)
         raise APIError(503, "the model server closed the stream without an answer") from None
 
 
 async def respond(
+    receive,
     llm: TritonLLM,
     wire: GenerateRequest,
     images: list[bytes],
@@ -60,33 +79,42 @@ async def respond(
     stream: bool,
     include_usage: bool,
     metrics: GatewayMetrics,
-):
-    """A JSONResponse, or a StreamingResponse whose first chunk has already arrived (so a bad
-    request still gets its 400 before any SSE bytes are sent)."""
+) -> Response:
+    """A JSONResponse, or an EventStream whose first chunk has already arrived (so a bad request
+    still gets its 400 before any SSE bytes are sent). A client that leaves while the request
+    waits for its first token, or for a whole answer, cancels it (`receive` tells)."""
     timing = _Timing(metrics)
-    chunks = llm.generate(wire, images, audios)
+    rid = wire.request_id
+    chunks = _counted(llm.generate(wire, images, audios), metrics)
+
+    async def opening() -> Chunk | dict:
+        first = await _next(chunks, rid)
+        timing.tokens(len(first.token_ids))
+        return first if stream else await _collect(chunks, first, shape, timing, rid)
+
     try:
-        first = await _next(chunks)
+        opened = await until_disconnect(receive, opening())
+    except ClientGone:
+        await chunks.aclose()
+        log.info("request %s: the client left before the answer; cancelled", rid)
+        return Response(status_code=CLIENT_CLOSED)
     except BaseException:
         await chunks.aclose()
         raise
-    timing.tokens(len(first.token_ids))
     if not stream:
-        try:
-            return JSONResponse(await _collect(chunks, first, shape, timing))
-        finally:
-            await chunks.aclose()
-    return StreamingResponse(
-        _events(chunks, first, shape, include_usage, timing),
+        await chunks.aclose()
+        return JSONResponse(opened)
+    return EventStream(
+        _events(chunks, opened, shape, include_usage, timing, rid),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _collect(chunks, chunk: Chunk, shape: Completion, timing: _Timing) -> dict:
+async def _collect(chunks, chunk: Chunk, shape: Completion, timing: _Timing, rid: str) -> dict:
     content, reasoning = [chunk.content], [chunk.reasoning]
     while chunk.finish_reason is None:
-        chunk = await _next(chunks)
+        chunk = await _next(chunks, rid)
         timing.tokens(len(chunk.token_ids))
         content.append(chunk.content)
         reasoning.append(chunk.reasoning)
@@ -94,7 +122,7 @@ async def _collect(chunks, chunk: Chunk, shape: Completion, timing: _Timing) -> 
     return shape.full("".join(content), "".join(reasoning), chunk.finish_reason, chunk.info)
 
 
-async def _events(chunks, chunk: Chunk, shape: Completion, include_usage: bool, timing: _Timing):
+async def _events(chunks, chunk: Chunk, shape: Completion, include_usage: bool, timing: _Timing, rid: str):
     try:
         opening = shape.first_chunk()
         if opening:
@@ -106,9 +134,9 @@ async def _events(chunks, chunk: Chunk, shape: Completion, include_usage: bool, 
             if chunk.finish_reason is not None:
                 break
             try:
-                chunk = await _next(chunks)
+                chunk = await _next(chunks, rid)
             except APIError as error:  # headers are sent: report in-band, then end the stream
-                yield sse({"error": {"message": error.message, "type": "server_error", "code": error.status}})
+                yield sse(error_body(error.status, error.message, error.param, error.status, rid))
                 break
             timing.tokens(len(chunk.token_ids))
         if chunk.finish_reason is not None:
@@ -117,4 +145,4 @@ async def _events(chunks, chunk: Chunk, shape: Completion, include_usage: bool, 
                 yield sse(shape.usage_chunk(chunk.info))
         yield DONE
     finally:
-        await chunks.aclose()  # a client that left mid-stream cancels the Triton request here
+        await chunks.aclose()  # a client that left mid-stream: cancels the Triton request

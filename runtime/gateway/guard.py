@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: bearer auth and body size on /v1/*, request counting, 500 as a last resort.
+"""Pure ASGI middleware: a request id on every request (`x-request-id` on every response), bearer
+auth and body size on /v1/*, request counting, 500 as a last resort.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses and client-disconnect cancellation
 pass through untouched.
@@ -10,7 +11,7 @@ import logging
 import secrets
 
 from runtime.gateway.config import GatewayConfig
-from runtime.gateway.errors import APIError, error_response
+from runtime.gateway.errors import REQUEST_ID_HEADER, APIError, error_response, new_request_id
 from runtime.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -51,21 +52,25 @@ class Guard:
             return
         path = scope["path"]
         status = {"code": 0}
+        rid = new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        id_header = (REQUEST_ID_HEADER.encode(), rid.encode())
 
         async def tracked_send(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), id_header]}
             await send(message)
 
         try:
             check_request(path, _headers(scope), self.config)
             await self.app(scope, receive, tracked_send)
         except APIError as error:
-            await error_response(error)(scope, receive, tracked_send)
+            await error_response(error, rid)(scope, receive, tracked_send)
         except Exception:  # a bug, not the user's input: log it, answer 500, keep serving
-            log.exception("unhandled error on %s", path)
+            log.exception("request %s: unhandled error on %s", rid, path)
             if not status["code"]:
-                await error_response(APIError(500, "internal server error; see the server log"))(
+                await error_response(APIError(500, "internal server error"), rid)(
                     scope, receive, tracked_send
                 )
         finally:

@@ -57,8 +57,9 @@ def to_wire(messages: list[ChatMessage], allow_local: bool) -> tuple[list[dict],
     wire, images, audios = [], [], []
     for i, message in enumerate(messages):
         content = message.content
+        extra = {k: v for k in ("name", "tool_call_id") if (v := getattr(message, k)) is not None}
         if content is None or isinstance(content, str):
-            wire.append({"role": message.role, "content": content or ""})
+            wire.append({"role": message.role, "content": content or "", **extra})
             continue
         parts = []
         for j, part in enumerate(content):
@@ -76,5 +77,5 @@ def to_wire(messages: list[ChatMessage], allow_local: bool) -> tuple[list[dict],
                     raise APIError(400, f"{param}.input_audio is missing", param=param)
                 audios.append(audio_bytes(part.input_audio.data, f"{param}.input_audio", allow_local))
                 parts.append({"type": "audio"})
-        wire.append({"role": message.role, "content": parts})
+        wire.append({"role": message.role, "content": parts, **extra})
     return wire, images, audios

@@ -38,6 +38,9 @@ class GatewayMetrics:
         )
         self.prompt_tokens = Counter("autoglm_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("autoglm_generation_tokens", "Tokens generated", registry=r)
+        self.in_flight = Gauge(
+            "autoglm_generations_in_flight", "Generations the gateway is reading from Triton", registry=r
+        )
         self.running = Gauge("autoglm_running_sequences", "Sequences in the decode batch", registry=r)
         self.waiting = Gauge("autoglm_waiting_sequences", "Requests queued for admission", registry=r)
         self.kv_usage = Gauge("autoglm_kv_cache_usage_ratio", "Fraction of KV blocks in use", registry=r)

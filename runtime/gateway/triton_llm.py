@@ -1,13 +1,18 @@
 """The gateway's side of the `llm` model: one gRPC stream per generation (runtime/server/wire.py).
 
-A generation is an async iterator of `Chunk`s; closing it early (the HTTP client went away)
-cancels the gRPC call, which Triton turns into `request.is_cancelled()` in the model, and the
-scheduler frees the request's KV blocks.
+A generation is an async iterator of `Chunk`s. Each gRPC stream is read by its own task (the
+pump), never by the consumer: a consumer that stops early (its HTTP client left), even by being
+cancelled mid-read, never cancels the gRPC call. Instead the model is asked to drop the request
+(a cancel op, see `wire.cancel_request` for why Triton's own cancellation is avoided); it frees
+the request's slot and KV blocks before its next step and ends the stream, which the pump reads
+to its end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,7 +22,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from runtime.server.wire import ERROR_USER, STATS_REQUEST, GenerateRequest
+from runtime.server.wire import ERROR_USER, OP_GENERATE, STATS_REQUEST, GenerateRequest, cancel_request
+
+log = logging.getLogger(__name__)
+
+DROP_SECONDS = 10.0  # a dropped request's stream must end by then, or Triton cancels it after all
+_END = object()  # the pump's last item
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class LLMUserError(Exception):
 
 
 class LLMUnavailable(Exception):
-    """Triton or the model cannot be reached (the gateway answers 503)."""
+    """Triton or the model cannot be reached, or failed (the gateway answers 503 and logs this)."""
 
 
 def _bytes_input(name: str, items: list[bytes]) -> grpcclient.InferInput:
@@ -48,13 +58,35 @@ def _text(result, name: str) -> str:
     return "" if array is None or array.size == 0 else array.reshape(-1)[0].decode("utf-8")
 
 
+def _chunk(result, error) -> Chunk:
+    if error is not None:
+        message = str(error.message() if hasattr(error, "message") else error)
+        if message.startswith(ERROR_USER):
+            raise LLMUserError(message.removeprefix(ERROR_USER))
+        raise LLMUnavailable(message)
+    ids = result.as_numpy("token_ids")
+    info = json.loads(_text(result, "info") or "{}")
+    finish = _text(result, "finish_reason") or None
+    return Chunk(
+        _text(result, "content"),
+        _text(result, "reasoning"),
+        [] if ids is None else ids.tolist(),
+        finish,
+        info,
+    )
+
+
 class TritonLLM:
     def __init__(self, url: str, model: str = "llm") -> None:
         self.url = url
         self.model = model
         self.client = aioclient.InferenceServerClient(url)
+        self._tasks: set[asyncio.Task] = set()  # pumps and drops still running
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
 
     async def ready(self, models: tuple[str, ...]) -> bool:
@@ -68,6 +100,21 @@ class TritonLLM:
         except (InferenceServerException, grpc.RpcError):
             return False
 
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _pump(self, stream, responses: asyncio.Queue) -> None:
+        try:
+            async for pair in stream:
+                responses.put_nowait(pair)
+        except (InferenceServerException, grpc.RpcError) as error:
+            responses.put_nowait(error)
+        finally:
+            responses.put_nowait(_END)
+
     async def generate(
         self, request: GenerateRequest, images: list[bytes] = (), audios: list[bytes] = ()
     ) -> AsyncIterator[Chunk]:
@@ -77,35 +124,46 @@ class TritonLLM:
         if audios:
             inputs.append(_bytes_input("audios", list(audios)))
 
-        async def requests():
-            yield {"model_name": self.model, "inputs": inputs}
+        async def requests():  # Triton's request id too, so its log lines match ours
+            yield {"model_name": self.model, "inputs": inputs, "request_id": request.request_id}
 
         stream = self.client.stream_infer(requests())
-        finished = False
+        responses: asyncio.Queue = asyncio.Queue()
+        pump = self._spawn(self._pump(stream, responses))
+        ended = False  # the model sent its last response, or the stream broke: nothing to drop
         try:
-            async for result, error in stream:
-                if error is not None:
-                    finished = True
-                    message = str(error.message() if hasattr(error, "message") else error)
-                    if message.startswith(ERROR_USER):
-                        raise LLMUserError(message.removeprefix(ERROR_USER))
-                    raise LLMUnavailable(message)
-                finish = _text(result, "finish_reason") or None
-                finished = finish is not None  # the model sent its last response: nothing to cancel
-                ids = result.as_numpy("token_ids")
-                info = json.loads(_text(result, "info") or "{}")
-                content, reasoning = _text(result, "content"), _text(result, "reasoning")
-                yield Chunk(content, reasoning, [] if ids is None else ids.tolist(), finish, info)
-                if finished:
+            while (item := await responses.get()) is not _END:
+                ended = True  # an error, raised below, ends the request as well
+                if isinstance(item, InferenceServerException):
+                    raise LLMUnavailable(f"Triton at {self.url}: {item.message()}")
+                if isinstance(item, grpc.RpcError):
+                    raise LLMUnavailable(f"Triton at {self.url} is unreachable: {item.details()}")
+                chunk = _chunk(*item)
+                ended = chunk.finish_reason is not None
+                yield chunk
+                if ended:
                     return
-        except InferenceServerException as error:
-            raise LLMUnavailable(f"Triton at {self.url}: {error.message()}") from None
-        except grpc.RpcError as error:
-            finished = True
-            raise LLMUnavailable(f"Triton at {self.url} is unreachable: {error.details()}") from None
+            ended = True  # the stream ended without a last response (the caller reports it)
         finally:
-            if not finished:
-                stream.cancel()  # the consumer left early: Triton cancels the request
+            if not ended:
+                self._spawn(self._drop(request, stream, pump))
+
+    async def _drop(self, request: GenerateRequest, stream, pump: asyncio.Task) -> None:
+        """The consumer left before the last response: ask the model to drop the request, then
+        let the pump read its stream to the end."""
+        try:
+            async with asyncio.timeout(DROP_SECONDS):
+                if request.op == OP_GENERATE and request.request_id:
+                    async for _ in self.generate(cancel_request(request.request_id)):
+                        pass
+                await asyncio.shield(pump)
+        except (TimeoutError, LLMUnavailable, LLMUserError) as error:
+            log.warning(
+                "request %s: dropping it did not end its stream (%r); cancelling it in Triton",
+                request.request_id,
+                error,
+            )
+            stream.cancel()
 
     async def stats(self) -> dict:
         """The scheduler's snapshot (running, waiting, kv_usage, prefix_queries, prefix_hits)."""

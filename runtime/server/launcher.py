@@ -8,6 +8,7 @@ stop the gateway, then Triton and its Python stubs; if Triton dies, the gateway 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import tempfile
@@ -16,11 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.manifest import Manifest
 from runtime.errors import RuntimeUserError
 from runtime.generate import choose_precision
 from runtime.server.triton_process import TritonServer
+
+if TYPE_CHECKING:
+    from runtime.server.prompting import PromptLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENCODERS = ("vision_encoder", "audio_encoder")
@@ -42,6 +47,7 @@ class ServeConfig:
     repo_dir: Path = field(default=PROJECT_ROOT / "triton_repo")
     threads: int = 0
     kv_blocks: int = 0  # 0: room for 8 sequences of the engines' max_seq_len
+    served_names: tuple[str, ...] = ()  # names clients pass as `model`; () = the engines' name
 
 
 def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
@@ -71,13 +77,26 @@ def plan_models(manifest: Manifest, config: ServeConfig, precision: str) -> dict
     return models
 
 
+def prompt_limits(manifest: Manifest, engines_dir: Path) -> PromptLimits | None:
+    """What the llm model will measure prompts against, so the gateway refuses the same ones first."""
+    from runtime.server.prompting import PromptLimits, longest_token_chars
+
+    token_chars = longest_token_chars(engines_dir / manifest.tokenizer_dir)
+    max_seq_len = manifest.decoder.get("max_seq_len")
+    return PromptLimits(max_seq_len, token_chars) if token_chars and max_seq_len else None
+
+
 def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     import psutil
     import uvicorn
 
     from runtime.gateway.app import create_app
     from runtime.gateway.config import GatewayConfig
+    from runtime.gateway.http_protocol import GatewayH11Protocol
 
+    # The gateway's warnings (refused requests, model-server failures) carry request ids: give
+    # them a time and a source. Triton's side goes to its own log (printed at start).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = Manifest.load(config.engines_dir)
     precision = choose_precision(manifest, config.precision)
     if not (config.repo_dir / "llm" / "config.pbtxt").is_file():
@@ -99,16 +118,26 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
             triton_url=triton.url,
             model_id=manifest.model.get("name", config.engines_dir.name),
             encoder_models=tuple(m for m in models if m != "llm"),
+            served_names=config.served_names,
             api_key=config.api_key,
             allow_local_media=config.allow_local_media,
+            prompt_limits=prompt_limits(manifest, config.engines_dir),
         )
         server = uvicorn.Server(
-            uvicorn.Config(create_app(gateway), host=config.host, port=port, log_level="warning")
+            uvicorn.Config(
+                create_app(gateway),
+                host=config.host,
+                port=port,
+                log_level="warning",
+                http=GatewayH11Protocol,
+                h11_max_incomplete_event_size=gateway.max_header_bytes,
+            )
         )
 
         def ready() -> None:
             loads = ", ".join(f"{m} {s:.1f} s" for m, s in triton.load_seconds.items())
-            say(f"autoglm-trt serve: {gateway.model_id} ({precision}) from {config.engines_dir}")
+            names = " ".join(gateway.names)
+            say(f"autoglm-trt serve: {names} ({precision}) from {config.engines_dir}")
             say(f"  tritonserver  grpc://{triton.url}  live in {started:.1f} s; models loaded: {loads}")
             say(
                 f"  memory        tritonserver + stubs {_mib(triton.memory_bytes())}, "

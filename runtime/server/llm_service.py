@@ -1,10 +1,13 @@
 """The LLM behind the `llm` Triton model: a scheduler thread streaming deltas to response sinks.
 
-Threads: `submit` runs on the caller's thread (Triton's `execute`): it parses and tokenizes, then
-hands the request to the loop thread, which owns the scheduler, the decoder and the KV pool. The
-loop polls every live request's sink for cancellation before each step, so a cancelled request's
-blocks are freed within one step. The tokenizer is shared under a lock (Hugging Face tokenizers
-are not documented as thread-safe).
+Threads: `submit` runs on the caller's thread (Triton's `execute`): it measures the prompt in
+characters (refusing what cannot fit before any work), renders and tokenizes it, then hands the
+request to the loop thread, which owns the scheduler, the decoder, the KV pool and the
+detokenizing tokenizer. The two sides use separate tokenizer instances, so a long tokenization
+never holds anything the decode loop needs (Hugging Face's encode releases the GIL). Before
+each step the loop drops the requests that a cancel op names (what the gateway sends when its
+client leaves) or that Triton marks cancelled (a direct gRPC client that cancels), so their
+slots and blocks are free for that step.
 """
 
 from __future__ import annotations
@@ -24,12 +27,19 @@ from runtime.generate import COMPONENT, choose_precision
 from runtime.kv import KVCacheManager
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder
 from runtime.reasoning import ThinkTokens
-from runtime.request import Request, SchedulerStats
+from runtime.request import Request
 from runtime.request_output import OutputDelta, RequestOutput
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Scheduler, SchedulerConfig
-from runtime.server.prompting import PromptFactory
-from runtime.server.wire import ERROR_SERVER, ERROR_USER, GenerateRequest
+from runtime.server.prompting import PromptFactory, PromptLimits, longest_token_chars
+from runtime.server.wire import (
+    ERROR_SERVER,
+    ERROR_USER,
+    FINISH_CANCELLED,
+    OP_CANCEL,
+    GenerateRequest,
+    WireError,
+)
 from runtime.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,22 @@ class ResponseSink(Protocol):
         """End a cancelled request without further output (Triton still needs its FINAL flag)."""
 
 
+@dataclass(frozen=True)
+class ServiceStats:
+    """The scheduler's snapshot plus the KV pool's block counts (free + used == total when the
+    pool is consistent) and how many requests the service holds."""
+
+    running: int
+    waiting: int
+    kv_usage: float
+    prefix_queries: int
+    prefix_hits: int
+    kv_blocks_free: int
+    kv_blocks_used: int
+    kv_blocks_total: int  # allocatable blocks (the null block excluded)
+    live: int  # requests queued or running, as the service tracks them
+
+
 @dataclass
 class _Live:
     request: Request
@@ -73,19 +99,24 @@ class LLMService:
         self.precision = choose_precision(manifest, config.precision)
         self.limits = DecoderLimits.from_manifest(manifest.decoder)
         engine = load_engine(manifest, config.engines_dir, COMPONENT, self.precision, threads=config.threads)
-        self.tokenizer = TextTokenizer(config.engines_dir / manifest.tokenizer_dir)
+        tokenizer_dir = config.engines_dir / manifest.tokenizer_dir
+        self.tokenizer = TextTokenizer(tokenizer_dir)  # the loop thread's: detokenization
         self.think = ThinkTokens.from_tokenizer(self.tokenizer.hf)
-        self.prompts = PromptFactory(config.engines_dir, manifest, self.tokenizer)
+        # The callers' own instance: a tokenizer is not shared across threads (its Rust object
+        # is borrowed mutably on encode), and sharing one under a lock stalled decoding.
+        self.prompts = PromptFactory(config.engines_dir, manifest, TextTokenizer(tokenizer_dir))
+        token_chars = longest_token_chars(tokenizer_dir) or max(map(len, self.tokenizer.hf.get_vocab()))
+        self.prompt_limits = PromptLimits(self.limits.max_seq_len, token_chars)
         blocks_per_seq = -(-self.limits.max_seq_len // self.limits.block_size)
         kv_blocks = config.kv_blocks or 1 + config.max_batch * blocks_per_seq
         self.kv = KVCacheManager(kv_blocks, self.limits.block_size, enable_prefix_caching=True)
         decoder = PagedTextDecoder(engine, self.limits, self.kv)
         self.scheduler = Scheduler(decoder, SchedulerConfig(config.max_batch, self.limits.max_seq_len))
-        self._tokenizer_lock = threading.Lock()
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._prepare_lock = threading.Lock()  # callers take turns on their tokenizer
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # _Live, or a request id to drop
         self._live: dict[str, _Live] = {}
         self._ids = itertools.count()
-        self._stats = self.scheduler.stats()
+        self._stats = self._snapshot()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llm-scheduler", daemon=True)
         self._thread.start()
@@ -99,22 +130,30 @@ class LLMService:
         audios: list[bytes] = (),
         encoders=None,
     ) -> None:
-        """Queue a request; its output goes to `sink`. User errors go to `sink.fail`."""
+        """Queue a request; its output goes to `sink`. User errors go to `sink.fail`; other failures
+        are logged under the request id, and the sink gets only that id. A cancel op queues the
+        cancellation behind the request it names (same caller, so that request is queued already)."""
+        if wire.op == OP_CANCEL:
+            self._inbox.put(wire.request_id)
+            sink.send(OutputDelta(finish_reason=FINISH_CANCELLED), {})
+            return
+        rid = wire.request_id or f"req-{next(self._ids)}"
         try:
-            with self._tokenizer_lock:
+            wire.validate()
+            self.prompt_limits.check(wire.text_chars(), len(wire.messages or ()))
+            with self._prepare_lock:
                 prompt = self.prompts.prepare(wire, list(images), list(audios), encoders)
-            params = SamplingParams(
-                temperature=float(wire.temperature),
-                top_p=float(wire.top_p),
-                top_k=wire.top_k,
-                seed=wire.seed,
-                max_tokens=wire.max_tokens or self.limits.max_seq_len,
-                stop_token_ids=self.tokenizer.stop_token_ids,
-            )
-        except (RuntimeUserError, ValueError) as error:
+            params = self._sampling(wire)
+        except (RuntimeUserError, WireError) as error:
+            if error.__cause__ is not None:  # a library's detail, kept out of the client's message
+                log.warning("request %s: %s (%r)", rid, error, error.__cause__)
             sink.fail(ERROR_USER + str(error))
             return
-        request = Request(f"req-{next(self._ids)}", prompt, params)
+        except Exception:
+            log.exception("request %s: preparing the prompt failed", rid)
+            sink.fail(f"{ERROR_SERVER}preparing the prompt of request {rid} failed")
+            return
+        request = Request(rid, prompt, params)
         output = RequestOutput(
             self.tokenizer.hf,
             prompt.token_ids,
@@ -124,7 +163,20 @@ class LLMService:
         )
         self._inbox.put(_Live(request, output, sink))
 
-    def stats(self) -> SchedulerStats:
+    def _sampling(self, wire: GenerateRequest) -> SamplingParams:
+        try:  # SamplingParams names the bad value and its range
+            return SamplingParams(
+                temperature=float(wire.temperature),
+                top_p=float(wire.top_p),
+                top_k=wire.top_k,
+                seed=wire.seed,
+                max_tokens=wire.max_tokens or self.limits.max_seq_len,
+                stop_token_ids=self.tokenizer.stop_token_ids,
+            )
+        except ValueError as error:
+            raise RuntimeUserError(str(error)) from None
+
+    def stats(self) -> ServiceStats:
         """The snapshot taken after the scheduler's latest iteration."""
         return self._stats
 
@@ -137,11 +189,23 @@ class LLMService:
         while not self._closed.is_set():
             self._drain_inbox(block=not self.scheduler.has_work)
             self._reap_cancelled()
+            # Before the step too, so a request in a long prefill shows (as waiting, live).
+            self._stats = self._snapshot()
             if self.scheduler.has_work:
                 self._step()
-            self._stats = self.scheduler.stats()
+                self._stats = self._snapshot()  # what the last tokens sent leave behind
         for rid in list(self._live):
             self._end(rid, error=ERROR_SERVER + "the server is shutting down")
+
+    def _snapshot(self) -> ServiceStats:
+        blocks = self.kv.pool.blocks[1:]  # block 0 is the null block
+        return ServiceStats(
+            **self.scheduler.stats().__dict__,
+            kv_blocks_free=self.kv.num_free_blocks,
+            kv_blocks_used=sum(1 for block in blocks if block.ref_cnt > 0),
+            kv_blocks_total=len(blocks),
+            live=len(self._live),
+        )
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -149,40 +213,46 @@ class LLMService:
         except queue.Empty:
             return
         while True:
-            try:
-                self.scheduler.add(item.request)
-                self._live[item.request.request_id] = item
-            except RuntimeUserError as error:
-                item.sink.fail(ERROR_USER + str(error))
+            if isinstance(item, str):  # a cancel op's target id
+                self._drop(item)
+            else:
+                try:
+                    self.scheduler.add(item.request)
+                    self._live[item.request.request_id] = item
+                except RuntimeUserError as error:
+                    item.sink.fail(ERROR_USER + str(error))
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
 
-    def _reap_cancelled(self) -> None:
+    def _reap_cancelled(self) -> None:  # cancelled through Triton (a direct gRPC client)
         for rid, live in list(self._live.items()):
             if live.sink.is_cancelled():
-                self.scheduler.abort(rid)  # frees its blocks now
-                del self._live[rid]
-                live.sink.close()
+                self._drop(rid)
+
+    def _drop(self, rid: str) -> None:
+        """Abort a request wherever it is (frees its blocks now) and end its stream; a request
+        that has already finished is not there any more, and that is fine."""
+        live = self._live.pop(rid, None)
+        if live is not None:
+            self.scheduler.abort(rid)
+            live.sink.close()
 
     def _step(self) -> None:
         try:
             events = self.scheduler.step()
-        except Exception as error:  # an engine failure must not stop the server: fail what ran
-            log.exception("scheduler step failed")
-            for rid in [r.request_id for r in self.scheduler.running]:
-                self._end(rid, error=f"{ERROR_SERVER}generation failed: {error}")
+        except Exception:  # an engine failure must not stop the server: fail what ran
+            running = [r.request_id for r in self.scheduler.running]
+            log.exception("scheduler step failed; failing requests %s", running)
+            for rid in running:
+                self._end(rid, error=f"{ERROR_SERVER}generation of request {rid} failed")
             return
-        with self._tokenizer_lock:
-            deltas = [
-                (
-                    event.request_id,
-                    self._live[event.request_id].output.push(event.token_id, event.finish_reason),
-                )
-                for event in events
-                if event.request_id in self._live
-            ]
+        deltas = [
+            (event.request_id, self._live[event.request_id].output.push(event.token_id, event.finish_reason))
+            for event in events
+            if event.request_id in self._live
+        ]
         for rid, delta in deltas:
             live = self._live[rid]
             if delta.finish_reason is None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2 import TemplateError
+
 from builder.manifest import Manifest
-from runtime.errors import RuntimeUserError
+from runtime.errors import PromptTooLongError, RuntimeUserError
 from runtime.prompt import PreparedPrompt
 from runtime.server.wire import GenerateRequest
 from runtime.tokenizer import TextTokenizer
@@ -40,6 +44,48 @@ def text_only(messages: list[dict]) -> list[dict]:
             raise RuntimeUserError(f"message content must be a string or a list of parts, got {content!r}")
         flat.append({**message, "content": content})
     return flat
+
+
+def longest_token_chars(tokenizer_dir: Path) -> int | None:
+    """Characters of the longest vocabulary entry, added tokens included: no token covers more
+    of the text (a byte-level entry has one character per byte, so it over-counts, never under).
+    None when the directory has no tokenizer.json."""
+    path = tokenizer_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    vocab = data.get("model", {}).get("vocab") or {}
+    entries = vocab.keys() if isinstance(vocab, dict) else (pair[0] for pair in vocab)  # BPE | Unigram
+    added = (token.get("content", "") for token in data.get("added_tokens", []))
+    return max(map(len, [*entries, *added]), default=0) or None
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """What a prompt may measure before it is tokenized: each token covers at most `token_chars`
+    characters, so a text longer than `max_tokens * token_chars` cannot fit, and each message
+    renders at least one token. Checked in the gateway and again in the service, both O(1) per
+    message, so an oversized prompt is refused before it is tokenized or takes a scheduler slot."""
+
+    max_tokens: int  # the engines' max_seq_len (prompt + completion)
+    token_chars: int  # the longest token, in characters
+
+    @property
+    def max_chars(self) -> int:
+        return self.max_tokens * self.token_chars
+
+    def check(self, chars: int, messages: int = 0) -> None:
+        if chars > self.max_chars:
+            raise PromptTooLongError(
+                f"the prompt has {chars:,} characters; the engines take at most {self.max_tokens} tokens "
+                f"(prompt + completion) and no token is longer than {self.token_chars} characters, so at "
+                f"most {self.max_chars:,} characters; shorten the prompt"
+            )
+        if messages > self.max_tokens:
+            raise PromptTooLongError(
+                f"the conversation has {messages:,} messages; the engines take at most "
+                f"{self.max_tokens} tokens and every message takes at least one"
+            )
 
 
 class PromptFactory:
@@ -84,8 +130,13 @@ class PromptFactory:
             rendered = self.tokenizer.hf.apply_chat_template(
                 text_only(messages), tokenize=False, **template_kwargs
             )
-        except Exception as error:  # jinja raises for conversations the template rejects
+        except TemplateError as error:  # the template's own words (raise_exception) or jinja's
             raise RuntimeUserError(f"the chat template rejected these messages: {error}") from None
+        except Exception as error:  # e.g. a template variable of a type it cannot use: the detail
+            # stays in the log (LLMService logs the cause under the request id)
+            raise RuntimeUserError(
+                "the chat template could not render these messages with these chat_template_kwargs"
+            ) from error
         return PreparedPrompt(self.tokenizer.hf.encode(rendered, add_special_tokens=False))
 
     def _prepare_media(self, messages, images, audios, encoders, template_kwargs) -> PreparedPrompt:

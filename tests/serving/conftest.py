@@ -8,6 +8,7 @@ import pytest
 from runtime.server.background import BackgroundServer, start_background_server
 
 API_KEY = "test-key"
+SERVED_NAMES = ("autoglm-phone-9b", "glm4v-tiny")  # what AutoGLM clients ask for, and its own name
 
 
 def stop(server: BackgroundServer) -> None:
@@ -27,7 +28,9 @@ def smollm2_server(smollm2_engines):
 
 @pytest.fixture(scope="session")
 def glm4v_server(glm4v_tiny_engines):
-    """glm4v-tiny: <think> tokens and a template that honours enable_thinking; no auth."""
-    server = start_background_server(glm4v_tiny_engines, extra_args=("--threads", "1"))
+    """glm4v-tiny: <think> tokens and a template that honours enable_thinking; no auth. Served
+    under two names; `server.model` is the first."""
+    names = [arg for name in SERVED_NAMES for arg in ("--served-model-name", name)]
+    server = start_background_server(glm4v_tiny_engines, extra_args=("--threads", "1", *names))
     yield server
     stop(server)

@@ -113,5 +113,5 @@ def test_triton_down_is_503():
     with TestClient(app) as client:
         assert_error(client.get("/health"), 503, "not ready")
         body = {"model": "m", "messages": QUESTION}
-        assert_error(client.post("/v1/chat/completions", json=body), 503, "unavailable")
+        assert_error(client.post("/v1/chat/completions", json=body), 503, "could not answer")
         assert client.get("/metrics").status_code == 200

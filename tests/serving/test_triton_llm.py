@@ -15,18 +15,23 @@ from runtime.server.wire import STATS_REQUEST, GenerateRequest
 from tests.serving.test_openai_api import QUESTION
 
 
-def request_input(wire: GenerateRequest) -> list[grpcclient.InferInput]:
+def request_input(raw: bytes) -> list[grpcclient.InferInput]:
     tensor = grpcclient.InferInput("request", [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([wire.to_json()], dtype=np.object_))
+    tensor.set_data_from_numpy(np.array([raw], dtype=np.object_))
     return [tensor]
 
 
 def stream(url: str, wire: GenerateRequest, timeout: float = 120) -> list:
     """All responses of one request, up to the one with a finish_reason (or an error)."""
+    return stream_raw(url, wire.to_json(), timeout)
+
+
+def stream_raw(url: str, raw: bytes, timeout: float = 120) -> list:
+    """`stream` for a request tensor given as bytes (it need not be valid)."""
     client = grpcclient.InferenceServerClient(url)
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    client.async_stream_infer("llm", request_input(wire))
+    client.async_stream_infer("llm", request_input(raw))
     out = []
     try:
         while True:
