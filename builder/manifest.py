@@ -7,32 +7,14 @@ engine whose file hash or tool versions do not match (runtime/engine_loader.py).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime.build_records import write_json_atomic
 from runtime.errors import EngineDirError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def matching_record(path: Path, wanted: dict) -> dict | None:
-    """The JSON record at `path` when it holds every key of `wanted` with that value, else None
-    (missing, unreadable, or made from other inputs): how build steps tell they are up to date."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(record, dict) or any(record.get(k) != v for k, v in wanted.items()):
-        return None
-    return record
 
 
 @dataclass(frozen=True)

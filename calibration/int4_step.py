@@ -26,15 +26,15 @@ from pathlib import Path
 import onnx
 
 from builder.config import CalibrationConfig, Int4Method
-from builder.manifest import matching_record, write_json_atomic
 from builder.progress import note, stage
 from calibration.errors import CalibrationError
 from calibration.feeds import CalibrationSet
 from calibration.smoothing import DOWN, GATE_UP, QKV, smoothing_plan
 from calibration.weight_only import INT8, Scheme, weight_only
-from runtime.onnx_files import graph_complete, save_graph
+from runtime.build_records import StepRecord
+from runtime.onnx_files import save_graph
 
-INT4_VERSION = 3  # bump when the quantiser, the AWQ search or the graph pattern changes
+INT4_VERSION = 4  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
 CHANGED_IN_21 = frozenset({"GroupNormalization"})
 AWQ_KINDS = (QKV, GATE_UP, DOWN)
@@ -105,7 +105,7 @@ def int4_onnx_from_fp32(
     name: str, fp32: Path, fp32_hash: str, cfg: CalibrationConfig, work: Path, data: CalibrationSet | None
 ) -> Int4Graph:
     method = cfg.int4_method if data is not None else Int4Method.rtn
-    graph, record = work / f"{name}.int4.onnx", work / f"{name}.int4.json"
+    graph = work / f"{name}.int4.onnx"
     wanted = {
         "fp32_sha256": fp32_hash,
         "int4_version": INT4_VERSION,
@@ -114,16 +114,16 @@ def int4_onnx_from_fp32(
         "table_bits": cfg.int4_table_bits,
         "data_sha256": data.digest if method is Int4Method.awq else None,
     }
-    previous = matching_record(record, wanted)
-    if previous and graph_complete(graph):
+    step = StepRecord(work / f"{name}.int4.json", wanted)
+    if (previous := step.current(graph)) is not None:
         note(f"{name} int4 ONNX up to date: {graph}")
         return Int4Graph(graph, previous["summary"])
     if cfg.int4_table_bits not in (4, 8):
         raise CalibrationError(f"--int4-table-bits {cfg.int4_table_bits} is not supported; use 4 or 8")
     model, summary = int4_model(fp32, Scheme(4, cfg.int4_block_size), method, data, cfg.int4_table_bits)
     short = "awq" if summary["method"] == AWQ_METHOD else "rtn"
-    with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {short})"):
-        record.unlink(missing_ok=True)
-        save_graph(model, graph)
-    write_json_atomic(record, wanted | {"summary": summary})
+    with step.redo() as record:
+        with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {short})"):
+            save_graph(model, graph)
+        record["summary"] = summary
     return Int4Graph(graph, summary)

@@ -21,7 +21,6 @@ import numpy as np
 import onnx
 
 from builder.config import CalibrationConfig
-from builder.manifest import matching_record, write_json_atomic
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from calibration.collect import (
@@ -38,10 +37,11 @@ from calibration.qdq import place, qdq_from_fp32
 from calibration.smoothing import DOWN, QKV, SmoothPlan, smoothed_from_fp32, smoothing_plan
 from calibration.trt_cache import write_cache
 from calibration.weight_only import INT8, weight_only
-from runtime.onnx_files import graph_complete, graph_digest, save_graph, staged_graph
+from runtime.build_records import StepRecord
+from runtime.onnx_files import graph_digest, save_graph, staged_graph
 
 CALIBRATOR_VERSION = 1  # bump when histograms or the threshold search change
-QDQ_VERSION = 5  # bump when the Q/DQ placement or rewrite changes
+QDQ_VERSION = 6  # bump when the Q/DQ placement or rewrite changes
 SMOOTH_VERSION = 1  # bump when the channel maxima, the scale formula or the smoothing rewrite change
 SMOOTH_METHOD = (
     "SmoothQuant: s_j = max|X_j|^α / max|W_j,:|^(1−α); 1/s folded into the norm weight or up projection"
@@ -70,31 +70,30 @@ def thresholds_from_fp32(
     name: str, fp32: Path, fp32_hash: str, data: CalibrationSet, work: Path, record: Path | None = None
 ) -> tuple[dict[str, float], dict]:
     """{tensor: |x| threshold} for every quantisable activation, and what they were made from."""
-    record = record or work / f"{name}.calibration.json"
     wanted = {
         "fp32_sha256": fp32_hash,
         "data_sha256": data.digest,
         "calibrator_version": CALIBRATOR_VERSION,
         "method": METHOD,
     }
-    previous = matching_record(record, wanted)
-    if previous:
-        note(f"{name} calibration up to date: {record}")
+    step = StepRecord(record or work / f"{name}.calibration.json", wanted)
+    if (previous := step.current()) is not None:
+        note(f"{name} calibration up to date: {step.path}")
         return previous["thresholds"], previous
     model = onnx.load(str(fp32), load_external_data=False)
     tensors = list(dict.fromkeys(place(model).candidates.values()))  # raises if none
     del model
-    with stage(f"calibrate {name}: {len(tensors)} tensors over {data.description}"):
-        histograms, calls = collect_histograms(fp32, tensors, data)
-        thresholds = thresholds_from_histograms(histograms)
-    note(f"peak memory so far: {peak_rss_mib():.0f} MiB resident")
-    payload = wanted | {
-        "samples": calls,
-        "data": data.description,
-        "amax": {name: hist.amax for name, hist in histograms.items()},
-        "thresholds": thresholds,
-    }
-    write_json_atomic(record, payload)
+    with step.redo() as payload:
+        with stage(f"calibrate {name}: {len(tensors)} tensors over {data.description}"):
+            histograms, calls = collect_histograms(fp32, tensors, data)
+            thresholds = thresholds_from_histograms(histograms)
+        note(f"peak memory so far: {peak_rss_mib():.0f} MiB resident")
+        payload |= {
+            "samples": calls,
+            "data": data.description,
+            "amax": {name: hist.amax for name, hist in histograms.items()},
+            "thresholds": thresholds,
+        }
     return thresholds, payload
 
 
@@ -111,16 +110,17 @@ def channel_amax_from_fp32(
 ) -> dict[str, np.ndarray]:
     """Per-channel max |x| of the smoothing sites' inputs; kept in `<name>.channel_amax.json` and
     reused (whatever α) while the fp32 graph and the data are unchanged."""
-    record = work / f"{name}.channel_amax.json"
     wanted = {"fp32_sha256": fp32_hash, "data_sha256": data.digest, "smooth_version": SMOOTH_VERSION}
-    previous = matching_record(record, wanted)
-    if previous and set(plan.tensors) <= set(previous["amax"]):
-        note(f"{name} channel maxima up to date: {record}")
+    step = StepRecord(work / f"{name}.channel_amax.json", wanted)
+    previous = step.current()
+    if previous is not None and set(plan.tensors) <= set(previous["amax"]):
+        note(f"{name} channel maxima up to date: {step.path}")
         return {t: np.asarray(previous["amax"][t], np.float32) for t in plan.tensors}
-    with stage(f"channel maxima {name}: {len(plan.tensors)} tensors over {data.description}"):
-        amax, calls = collect_channel_amax(fp32, plan.tensors, data)
-    # float32 → Python float → float32 is exact, so the JSON keeps the bits
-    write_json_atomic(record, wanted | {"samples": calls, "amax": {t: v.tolist() for t, v in amax.items()}})
+    with step.redo() as record:
+        with stage(f"channel maxima {name}: {len(plan.tensors)} tensors over {data.description}"):
+            amax, calls = collect_channel_amax(fp32, plan.tensors, data)
+        # float32 → Python float → float32 is exact, so the JSON keeps the bits
+        record |= {"samples": calls, "amax": {t: v.tolist() for t, v in amax.items()}}
     return amax
 
 
@@ -135,7 +135,7 @@ def smoothed_fp32(
 ) -> SmoothedGraph | None:
     """The fp32 graph with the sensitive projections smoothed (`<name>.fp32.smooth.onnx`), reused
     while the fp32 graph, the data, α and SMOOTH_VERSION are unchanged; None if nothing matched."""
-    graph, record = work / f"{name}.fp32.smooth.onnx", work / f"{name}.fp32.smooth.json"
+    graph = work / f"{name}.fp32.smooth.onnx"
     wanted = {
         "fp32_sha256": fp32_hash,
         "data_sha256": data.digest,
@@ -143,8 +143,8 @@ def smoothed_fp32(
         "alpha": alpha,
         "kinds": list(kinds),
     }
-    previous = matching_record(record, wanted)
-    if previous and graph_complete(graph):
+    step = StepRecord(work / f"{name}.fp32.smooth.json", wanted)
+    if (previous := step.current(graph)) is not None:
         note(f"{name} smoothed fp32 ONNX up to date: {graph}")
         summary = previous["summary"]
         return SmoothedGraph(graph, previous["sha256"], tuple(summary["smoothed_nodes"]), summary)
@@ -157,18 +157,19 @@ def smoothed_fp32(
         note(f"{name}: nothing to smooth; calibrating the fp32 graph as it is")
         return None
     amax = channel_amax_from_fp32(name, fp32, fp32_hash, data, plan, work)
-    record.unlink(missing_ok=True)  # the graph is rewritten in place: no record until it is whole
-    with stage(f"smooth {name} (α = {alpha}): {len(plan.smoothed)} projections at {len(plan.targets)} sites"):
-        sites = smoothed_from_fp32(fp32, graph, plan, amax, alpha)
-    summary = {
-        "method": SMOOTH_METHOD,
-        "alpha": alpha,
-        "smoothed_nodes": list(plan.smoothed),
-        "unmatched_nodes": plan.unmatched,
-        "sites": sites,
-    }
-    digest = graph_digest(graph)
-    write_json_atomic(record, wanted | {"sha256": digest, "summary": summary})
+    label = f"smooth {name} (α = {alpha}): {len(plan.smoothed)} projections at {len(plan.targets)} sites"
+    with step.redo() as record:
+        with stage(label):
+            sites = smoothed_from_fp32(fp32, graph, plan, amax, alpha)
+        summary = {
+            "method": SMOOTH_METHOD,
+            "alpha": alpha,
+            "smoothed_nodes": list(plan.smoothed),
+            "unmatched_nodes": plan.unmatched,
+            "sites": sites,
+        }
+        digest = graph_digest(graph)
+        record |= {"sha256": digest, "summary": summary}
     return SmoothedGraph(graph, digest, plan.smoothed, summary)
 
 
@@ -204,7 +205,6 @@ def int8_onnx_from_fp32(
         calibration_record = work / f"{name}.fp32.smooth.calibration.json"
     thresholds, calibration = thresholds_from_fp32(name, source, source_hash, data, work, calibration_record)
     graph, cache = work / f"{name}.int8.onnx", work / f"{name}.int8.calibration.cache"
-    record = work / f"{name}.int8.json"
     wanted = {
         "fp32_sha256": fp32_hash,
         "data_sha256": data.digest,
@@ -221,8 +221,8 @@ def int8_onnx_from_fp32(
             "smoothed_sha256": smoothing.sha256,
         },
     }
-    previous = matching_record(record, wanted)
-    if previous and cache.is_file() and graph_complete(graph):
+    step = StepRecord(work / f"{name}.int8.json", wanted)
+    if (previous := step.current(graph)) is not None and cache.is_file():
         note(f"{name} int8 ONNX up to date: {graph}")
         return Int8Graph(graph, cache, previous["summary"])
 
@@ -234,29 +234,27 @@ def int8_onnx_from_fp32(
         smoothed=smoothing.smoothed if smoothing else (),
     )
     del model
-    with stage(
-        f"write {name} int8 Q/DQ ONNX ({len(placement.quantised)} nodes int8, {len(placement.excluded)} kept float)"
-    ):
-        record.unlink(missing_ok=True)  # no record until graph and cache are whole
-        with staged_graph(graph) as staged:
+    label = f"write {name} int8 Q/DQ ONNX ({len(placement.quantised)} nodes int8, {len(placement.excluded)} kept float)"
+    with step.redo() as record:  # no record until graph and cache are whole
+        with stage(label), staged_graph(graph) as staged:
             qdq_from_fp32(source, thresholds, placement, staged)
             weights = weight_only_int8(staged)
             write_cache(cache, {t: scale_from_threshold(thresholds[t]) for t in placement.tensors})
-    summary = {
-        "method": METHOD,
-        "samples": calibration["samples"],
-        "data": calibration["data"],
-        "data_sha256": data.digest,
-        "cache_file": cache.name,
-        "activations": "int8 per-tensor symmetric (scale = threshold / 127)",
-        "weights": "int8 per-channel symmetric",
-        "quantized_nodes": len(placement.quantised),
-        "excluded_nodes": placement.excluded,
-        "weight_only": "int8 per-channel symmetric weights, float activations, on every excluded "
-        "MatMul/Gemm with a constant weight (lm_head included; a tied embedding stored once)",
-        **weights,
-    }
-    if smoothing is not None:
-        summary["smoothing"] = smoothing.summary
-    write_json_atomic(record, wanted | {"summary": summary})
+        summary = {
+            "method": METHOD,
+            "samples": calibration["samples"],
+            "data": calibration["data"],
+            "data_sha256": data.digest,
+            "cache_file": cache.name,
+            "activations": "int8 per-tensor symmetric (scale = threshold / 127)",
+            "weights": "int8 per-channel symmetric",
+            "quantized_nodes": len(placement.quantised),
+            "excluded_nodes": placement.excluded,
+            "weight_only": "int8 per-channel symmetric weights, float activations, on every excluded "
+            "MatMul/Gemm with a constant weight (lm_head included; a tied embedding stored once)",
+            **weights,
+        }
+        if smoothing is not None:
+            summary["smoothing"] = smoothing.summary
+        record["summary"] = summary
     return Int8Graph(graph, cache, summary)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from builder.manifest import write_json_atomic
 from runtime.bench.engines import EngineBenchConfig, run_engine_bench
 from runtime.bench.progress import StageLog
 from runtime.bench.tables import console, latency_table
+from runtime.build_records import write_json_atomic
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Model dir → fp32 ONNX → precision ONNX → engine, each step skipped when its inputs are unchanged.
 
 Steps are small functions named <Target>From<Source>; the backend is a choice at the last step.
-Each writes to a temporary name and renames, so an interrupted build leaves nothing half-written.
+Each writes to a temporary name and renames, so an interrupted build leaves nothing half-written,
+and records what it was made from last (runtime/build_records.py).
 """
 
 from __future__ import annotations
@@ -25,22 +26,17 @@ from builder.build.tensorrt_engine import (
 )
 from builder.config import Backend, BuildConfig, ExportConfig, Int4Method, Precision
 from builder.errors import ExportError
-from builder.manifest import (
-    EngineEntry,
-    Manifest,
-    TensorSpec,
-    matching_record,
-    write_json_atomic,
-)
+from builder.manifest import EngineEntry, Manifest, TensorSpec
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from builder.trt_check import check_graph
 from builder.trt_check.report import print_reports, raise_on_failure
+from runtime.build_records import StepRecord
 from runtime.compat import build_tool_versions, runtime_versions
 from runtime.engine_files import record_verified
 from runtime.engine_loader import expected_files
 from runtime.errors import EngineDirError
-from runtime.onnx_files import data_files, graph_complete, graph_digest, sha256_file, staged_graph
+from runtime.onnx_files import data_files, graph_digest, sha256_file, staged_graph
 
 EngineStep = Callable[[Path, Path], dict]
 ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
@@ -70,16 +66,16 @@ def fp32_onnx_from_model(
 ) -> Path:
     """Export and validate one component at fp32, unless an export of the same inputs exists."""
     name = component.name
-    graph, record = work / f"{name}.fp32.onnx", work / f"{name}.fp32.export.json"
+    graph = work / f"{name}.fp32.onnx"
     if component.inputs_hash is not None:
         source_hash = f"{source_hash}+{component.inputs_hash(model_dir)}"
     wanted = {"format": component.export_format, "source_hash": source_hash, "config": cfg.as_dict()}
-    if matching_record(record, wanted) and graph_complete(graph):
+    step = StepRecord(work / f"{name}.fp32.export.json", wanted)
+    if step.current(graph) is not None:
         note(f"{name} fp32 ONNX up to date: {graph}")
         return graph
 
-    record.unlink(missing_ok=True)  # no record until the graph is whole
-    with staged_graph(graph) as staged:
+    with step.redo() as record, staged_graph(graph) as staged:  # the graph is in place before the record
         report = component.export(load_model(), model_dir, cfg, staged)
         for line in report.lines():
             note(line)
@@ -90,7 +86,7 @@ def fp32_onnx_from_model(
                 f"exported {name} disagrees with PyTorch beyond tolerance (see {report_path}); "
                 f"this is a bug, please report it"
             )
-    write_json_atomic(record, wanted | {"tools": build_tool_versions()})
+        record["tools"] = build_tool_versions()
     return graph
 
 
@@ -100,18 +96,17 @@ def precision_onnx_from_fp32(
     if precision is Precision.fp32:
         return fp32
     name = component.name
-    graph, record = work / f"{name}.{precision.value}.onnx", work / f"{name}.{precision.value}.json"
+    graph = work / f"{name}.{precision.value}.onnx"
     from builder.precision import PASS_VERSION, fp16_from_fp32
 
     wanted = {"fp32_sha256": fp32_hash, "pass_version": PASS_VERSION}
-    if matching_record(record, wanted) and graph_complete(graph):
+    step = StepRecord(work / f"{name}.{precision.value}.json", wanted)
+    if step.current(graph) is not None:
         note(f"{name} {precision.value} ONNX up to date: {graph}")
         return graph
 
-    with stage(f"rewrite {name} to {precision.value}"):
-        record.unlink(missing_ok=True)
+    with stage(f"rewrite {name} to {precision.value}"), step.redo():
         fp16_from_fp32(fp32, graph)
-        write_json_atomic(record, wanted)
     return graph
 
 

@@ -28,11 +28,11 @@ from builder.build.components import (
 )
 from builder.build.shape_only_report import GraphSummary, print_summaries, summarise, write_report
 from builder.config import BuildConfig, CalibrationConfig, ExportConfig, Precision
-from builder.manifest import matching_record, write_json_atomic
 from builder.model_dir import ModelDir
 from builder.progress import note, stage
 from builder.trt_check import check_graph
 from builder.trt_check.report import print_reports, raise_on_failure
+from runtime.build_records import StepRecord
 from runtime.shape_only import NO_WEIGHTS, write_no_weights_file
 
 # Bump when the stand-ins or the graph writing change, so checks redo their fp32 exports.
@@ -111,16 +111,17 @@ def fp32_graph(component: Component, model_fn: Callable[[], torch.nn.Module], mo
                cfg: ExportConfig, work: Path) -> Path:  # fmt: skip
     """The shape-only fp32 graph of `component`, unless one of the same inputs exists."""
     name = component.name
-    graph, record = work / f"{name}.fp32.onnx", work / f"{name}.fp32.shape-only.json"
+    graph = work / f"{name}.fp32.onnx"
     wanted = {"version": SHAPE_ONLY_VERSION, "format": component.export_format,
               "source_hash": model_dir.source_hash(), "config": cfg.as_dict()}  # fmt: skip
-    if graph.is_file() and matching_record(record, wanted):
+    step = StepRecord(work / f"{name}.fp32.shape-only.json", wanted)
+    # its weights are shape-only stand-ins (no bytes to check), so the graph file is all there is
+    if step.current(graph, whole=Path.is_file) is not None:
         note(f"{name} shape-only fp32 ONNX up to date: {graph}")
         return graph
-    with stage(f"export {name} → ONNX, shape-only weights (batch 1–{cfg.max_batch})"):
+    with stage(f"export {name} → ONNX, shape-only weights (batch 1–{cfg.max_batch})"), step.redo():
         program = PROGRAMS[name](model_fn(), model_dir, cfg)
         shape_only_graph(program, graph)
-    write_json_atomic(record, wanted)
     return graph
 
 

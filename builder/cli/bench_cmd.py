@@ -27,7 +27,7 @@ def int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def write_json(path: Path, report: dict) -> None:
-    from builder.manifest import write_json_atomic
+    from runtime.build_records import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, report)

@@ -74,7 +74,7 @@ def calibrate(
     from builder.build.pipeline import fp32_onnx_from_model
     from calibration.errors import CalibrationError
     from calibration.int8_step import calibration_set, int8_onnx_from_fp32
-    from runtime.onnx_files import sha256_file
+    from runtime.onnx_files import graph_digest
 
     model_dir = open_model_dir(model)
     cfg = CalibrationConfig(data, samples, tuple(exclude or ()), int8_sensitive, smooth_alpha)
@@ -102,7 +102,8 @@ def calibrate(
 
     for component in components:
         fp32 = fp32_onnx_from_model(component, load_model, model_dir, export_cfg, out, source_hash)
+        # graph_digest, as `build` keys its records: a calibrate after a build reuses its steps
         int8 = int8_onnx_from_fp32(
-            component, model_dir, fp32, sha256_file(fp32), cfg, out, sets[component.name]
+            component, model_dir, fp32, graph_digest(fp32), cfg, out, sets[component.name]
         )
         console.print(f"  {component.name}: {int8.graph}  {int8.cache}")

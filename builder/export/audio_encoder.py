@@ -44,10 +44,6 @@ class AudioGeometry:
     chunk_seconds: int
 
 
-def has_audio_encoder(model_path: Path) -> bool:
-    return (model_path / SUBDIR / "config.json").is_file()
-
-
 def audio_inputs_hash(model_path: Path) -> str:
     """sha256 over the audio encoder's files (the model dir's own hash covers top-level files only)."""
     digest = hashlib.sha256()

@@ -39,8 +39,6 @@ from runtime.engines.base import Engine
 from runtime.engines.tensorrt_pool import compact_pool
 from runtime.errors import RuntimeUserError
 
-DECODE_PROFILE = "decode"
-
 
 class TensorRTRuntimeError(RuntimeUserError):
     """TensorRT refused a profile, shape or tensor address, or failed to execute (its log says why)."""

@@ -56,7 +56,9 @@ async def parse(request: Request, schema: type[BaseModel], limit: int, text_limi
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:  # a chunked body has no content-length for Guard to check
-            raise APIError(413, f"the request body is over {limit} bytes; this server accepts at most {limit}")
+            raise APIError(
+                413, f"the request body is over {limit} bytes; this server accepts at most {limit}"
+            )
     if text_limit is not None and len(raw) > text_limit and not any(key in raw for key in _MEDIA_KEYS):
         raise APIError(
             400,

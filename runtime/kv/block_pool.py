@@ -127,9 +127,3 @@ class BlockPool:
     def get_cached_block(self, block_hash: int) -> KVBlock | None:
         """The block registered under ``block_hash`` (in use or free), or ``None``."""
         return self._cached.get(block_hash)
-
-    def reset_prefix_cache(self) -> None:
-        """Forget every hash (e.g. after weights change). In-use blocks stay allocated."""
-        for block in self._cached.values():
-            block.block_hash = None
-        self._cached.clear()

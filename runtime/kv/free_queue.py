@@ -84,8 +84,3 @@ class FreeBlockQueue:
         block.next_free = self._tail
         self._tail.prev_free = block
         self._len += 1
-
-    def append_n(self, blocks: Iterable[KVBlock]) -> None:
-        """Append each of ``blocks`` in the order given."""
-        for block in blocks:
-            self.append(block)

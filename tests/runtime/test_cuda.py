@@ -48,7 +48,10 @@ def test_device_count(monkeypatch):
     ("result", "match"),
     [
         (RuntimeError("Failed to dlopen libcuda.so.1"), "no NVIDIA driver could be loaded .*libcuda"),
-        ((_Error.cudaErrorInsufficientDriver, 0), "driver supports CUDA 11.4, but cuda-python here is built for CUDA 12.6"),
+        (
+            (_Error.cudaErrorInsufficientDriver, 0),
+            "driver supports CUDA 11.4, but cuda-python here is built for CUDA 12.6",
+        ),
         ((_Error.cudaErrorUnknown, 0), "cudaGetDeviceCount failed: cudaErrorUnknown"),
     ],
 )

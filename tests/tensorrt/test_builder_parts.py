@@ -1,19 +1,15 @@
 """The TensorRT backend's parts that run without TensorRT: profiles, calibration cache, precision
 plan and builder-config steps (on recording fakes), layer report summary, KV pool compaction
-(checked with ONNX Runtime), the Triton repository variant."""
+(checked with ONNX Runtime)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import struct
 from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from builder.build import tensorrt_compat as compat
 from builder.build.tensorrt_calibration import (
@@ -26,7 +22,6 @@ from builder.build.tensorrt_layers import fusion_summary
 from builder.build.tensorrt_profiles import ProfileError, graph_inputs, pool_blocks_max, profiles_for
 from builder.errors import BuildError
 from builder.manifest import Manifest
-from builder.triton_tensorrt import write_tensorrt_repo
 from runtime import decoder_io as io
 from runtime.engines.tensorrt_pool import block_bucket, compact_pool
 
@@ -223,37 +218,3 @@ def test_compact_pool_gives_the_same_outputs(glm4v_tiny_engines, decode):
     packed = session.run(None, compact)
     for a, b in zip(full, packed, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-def _parse_config(path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def test_triton_tensorrt_repository(glm4v_tiny_engines, tmp_path):
-    """Structure of the generated repository, parsed with Triton's own ModelConfig proto. The
-    engines are the ONNX Runtime ones relabelled as TensorRT plans: only the repository layout and
-    configs are under test here (Triton's TensorRT backend needs a GPU)."""
-    from pathlib import Path
-
-    engines = tmp_path / "engines"
-    shutil.copytree(glm4v_tiny_engines, engines)
-    data = json.loads((engines / "manifest.json").read_text())
-    for by_precision in data["engines"].values():
-        for entry in by_precision.values():
-            entry["backend"] = "tensorrt"
-    (engines / "manifest.json").write_text(json.dumps(data))
-    source = Path(__file__).resolve().parents[2] / "triton_repo"
-    out = tmp_path / "triton_repo_tensorrt"
-    written = write_tensorrt_repo(engines, source, out)
-    assert written[0] == "llm"
-    llm = _parse_config(out / "llm" / "config.pbtxt")
-    assert llm.backend == "python" and llm.model_transaction_policy.decoupled
-    assert llm.parameters["engines_dir"].string_value == str(engines.resolve())
-    for component in written[1:]:
-        config = _parse_config(out / component / "config.pbtxt")
-        reference = _parse_config(source / component / "config.pbtxt")
-        assert config.platform == "tensorrt_plan"
-        assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
-        assert [i.name for i in config.input] == [i.name for i in reference.input]
-        assert [o.name for o in config.output] == [o.name for o in reference.output]
-        assert (out / component / "1" / "model.plan").is_file()
