@@ -113,8 +113,13 @@ def test_rtn_and_larger_blocks_rebuild_the_graph(int4_engines, tmp_path):
     model = onnx.load(str(rtn.graph))
     blocks = {a.i for n in model.graph.node for a in n.attribute if a.name == "block_size"}
     assert blocks == {128}
+    tables = {f"{name}_scale" for name in rtn.summary["embedding_tables"]}  # int8 rows: one scale each
     scales = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_scale")]
-    assert scales and all(s.dtype == np.float32 and s.ndim == 2 for s in scales)
+    assert scales and all(s.dtype == np.float32 for s in scales)
+    assert {
+        i.name for i in model.graph.initializer if i.name.endswith("_scale") and len(i.dims) == 1
+    } == tables
+    assert len(tables) == 1
     again = int4_onnx_from_fp32("text_decoder", fp32, sha256_file(fp32), cfg, tmp_path, data=None)
     assert again.graph.stat().st_mtime_ns == rtn.graph.stat().st_mtime_ns  # up to date: not rewritten
 
