@@ -50,7 +50,11 @@ def data_files(graph: Path) -> list[str]:
     (none for files that are not ONNX, such as TensorRT plans)."""
     if graph.suffix != ".onnx":
         return []
-    model = onnx.load(str(graph), load_external_data=False)
+    return model_data_files(onnx.load(str(graph), load_external_data=False))
+
+
+def model_data_files(model: onnx.ModelProto) -> list[str]:
+    """The external data files a loaded graph names, in first-use order."""
     names: dict[str, None] = {}
     for tensor in _all_tensors(model):
         if uses_external_data(tensor):

@@ -36,7 +36,7 @@ from runtime.compat import build_tool_versions, runtime_versions
 from runtime.engine_files import record_verified
 from runtime.engine_loader import expected_files
 from runtime.errors import EngineDirError
-from runtime.onnx_files import data_files, graph_digest, sha256_file, staged_graph
+from runtime.onnx_files import graph_digest, model_data_files, sha256_file, staged_graph
 
 EngineStep = Callable[[Path, Path], dict]
 ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
@@ -158,7 +158,8 @@ def engine_from_onnx(
             out / name if backend is Backend.onnxruntime else graph.parent / report.get("onnx", graph.name)
         )
         model = onnx.load(str(io_graph), load_external_data=False)
-        hashed = {n: sha256_file(out / n) for n in [name, *data_files(out / name)]}
+        engine_data = model_data_files(model) if backend is Backend.onnxruntime else []  # model is the engine
+        hashed = {n: sha256_file(out / n) for n in [name, *engine_data]}
         record_verified(out, hashed)
         manifest.put(
             EngineEntry(
