@@ -11,7 +11,7 @@ class Precision(enum.StrEnum):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
-    int4 = "int4"  # W4A16: block-wise int4 weights (calibration/int4_step.py)
+    int4 = "int4"  # W4A16: block-wise int4 weights (builder/quantize/int4_step.py)
 
 
 class Int4Method(enum.StrEnum):

@@ -4,8 +4,10 @@ The CLI turns any `BuildError` into one line on stderr and exit code 2, so the m
 name the value, what was expected, and how to fix it.
 """
 
+from runtime.errors import UserError
 
-class BuildError(Exception):
+
+class BuildError(UserError):
     """Base class: a user-fixable problem while creating, exporting or building a model."""
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from builder.progress import note
 from calibration.entropy import entropy_threshold
 from calibration.errors import CalibrationError
 from calibration.feeds import CalibrationSet
 from calibration.histogram import DEFAULT_BINS, AbsHistogram
+from runtime.progress import note
 
 
 def augmented_session(graph: Path, tensors: list[str], threads: int = 0) -> ort.InferenceSession:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.manifest import EngineEntry, Manifest
 from runtime.compat import runtime_versions
 from runtime.engine_files import ExpectedFile, check_files
 from runtime.engines.base import Engine
 from runtime.errors import EngineDirError, MissingEncoderError, StaleEngineError
+from runtime.manifest import EngineEntry, Manifest
 
 TEXT_DECODER = "text_decoder"
 PRECISION_PREFERENCE = ("int4", "int8", "fp16", "fp32")  # what `auto` takes: the smallest engine built

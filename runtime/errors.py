@@ -1,7 +1,12 @@
 """Errors the runtime raises for problems a user can fix (the CLI prints them, exit code 2)."""
 
 
-class RuntimeUserError(Exception):
+class UserError(Exception):
+    """Root of every user-fixable problem, in any layer: the CLI prints its message on one line
+    and exits 2, with no traceback. The message says what is wrong and how to fix it."""
+
+
+class RuntimeUserError(UserError):
     """Base class: a user-fixable problem when loading engines or generating."""
 
 

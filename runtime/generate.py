@@ -13,10 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from builder.manifest import Manifest
 from runtime.engine_loader import choose_component_precision, load_engine
 from runtime.errors import PromptTooLongError, RuntimeUserError
 from runtime.kv import KVCacheManager
+from runtime.manifest import Manifest
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder, StepInput
 from runtime.prompt import PreparedPrompt
 from runtime.sampling import Sampler, SamplingParams, make_generator

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_concurrency.py --url http://127.0.0.1:8000/v1 --model smollm2-135m
 
 Both concurrency levels run the same requests in the same run (greedy, same max_tokens), so the
-ratio compares like with like; they are levels of `autoglm-trt bench serve` (runtime/bench/serve.py),
+ratio compares like with like; they are levels of `autoglm-trt bench serve` (builder/bench/serve.py),
 which measures the whole concurrency curve. The conversation part reports TTFT per turn, the prefix-cache hit
 rate (from /metrics) and TTFT of turn 3 with a cold cache (a nonce in the system prompt).
 """
@@ -21,14 +21,14 @@ from pathlib import Path
 import httpx
 from openai import AsyncOpenAI
 
-from runtime.bench.serve import ServeBenchConfig, load_prompts, messages_for, run_level, timed_request
+from builder.bench.serve import ServeBenchConfig, load_prompts, messages_for, run_level, timed_request
 from runtime.server.background import start_background_server
 
 SYSTEM = "You are AutoGLM, a helpful assistant that operates a phone for the user. " * 8
 
 
 async def completion(client: AsyncOpenAI, model: str, messages: list[dict], max_tokens: int) -> dict:
-    """One streamed chat completion (runtime/bench/serve.py): its text, usage and TTFT."""
+    """One streamed chat completion (builder/bench/serve.py): its text, usage and TTFT."""
     timing = await timed_request(client, model, messages, max_tokens)
     return {"text": timing.text, "usage": timing.usage, "ttft": timing.ttft_s}
 

@@ -22,10 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builder.manifest import Manifest  # noqa: E402
-from runtime.bench.engines import EngineBenchConfig, run_engine_bench  # noqa: E402
-from runtime.bench.progress import StageLog  # noqa: E402
-from runtime.bench.tables import console, latency_table  # noqa: E402
+from builder.bench.engines import EngineBenchConfig, run_engine_bench  # noqa: E402
+from builder.bench.progress import StageLog  # noqa: E402
+from builder.bench.tables import console, latency_table  # noqa: E402
+from runtime.manifest import Manifest  # noqa: E402
 
 ENCODERS = ("vision_encoder", "audio_encoder")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.bench.engines import EngineBenchConfig, run_engine_bench
-from runtime.bench.progress import StageLog
-from runtime.bench.tables import console, latency_table
+from builder.bench.engines import EngineBenchConfig, run_engine_bench
+from builder.bench.progress import StageLog
+from builder.bench.tables import console, latency_table
 from runtime.build_records import write_json_atomic
 
 

@@ -37,7 +37,7 @@ class Component:
 def _export_text_decoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
     from builder.export.paged_decoder import PagedDecoder
     from builder.export.text_decoder import export_text_decoder, validate_text_decoder
-    from builder.progress import stage
+    from runtime.progress import stage
 
     media = any(component.present(model_dir) for component in MEDIA_COMPONENTS)
     decoder = PagedDecoder(model, model_dir.family, media=media).eval()
@@ -90,7 +90,7 @@ def _audio_hash(model_dir: ModelDir) -> str:
 
 
 def _text_decoder_calibration(model_dir: ModelDir, cfg: CalibrationConfig):
-    from calibration.text_decoder import text_decoder_calibration
+    from builder.quantize.text_decoder_feeds import text_decoder_calibration
 
     return text_decoder_calibration(model_dir, cfg)
 

@@ -16,9 +16,9 @@ import onnx
 import onnxruntime as ort
 
 from builder.errors import BuildError
-from builder.progress import note, stage
 from runtime import decoder_io as io
 from runtime.onnx_files import EXTERNAL_TENSOR_MIN_BYTES, data_file_name, needs_external_data
+from runtime.progress import note, stage
 
 # Fused fp32 maths differs from the trace's only in summation order; quantised engines also
 # quantise activations inside MatMulNBits (accuracy_level 4, per block of K): measured cosine

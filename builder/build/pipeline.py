@@ -26,9 +26,7 @@ from builder.build.tensorrt_engine import (
 )
 from builder.config import Backend, BuildConfig, ExportConfig, Int4Method, Precision
 from builder.errors import ExportError
-from builder.manifest import EngineEntry, Manifest, TensorSpec
 from builder.model_dir import ModelDir
-from builder.progress import note, stage
 from builder.trt_check import check_graph
 from builder.trt_check.report import print_reports, raise_on_failure
 from runtime.build_records import StepRecord
@@ -36,7 +34,9 @@ from runtime.compat import build_tool_versions, runtime_versions
 from runtime.engine_files import record_verified
 from runtime.engine_loader import expected_files
 from runtime.errors import EngineDirError
+from runtime.manifest import EngineEntry, Manifest, TensorSpec
 from runtime.onnx_files import graph_digest, model_data_files, sha256_file, staged_graph
+from runtime.progress import note, stage
 
 EngineStep = Callable[[Path, Path], dict]
 ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
@@ -192,7 +192,7 @@ def engine_from_onnx(
 def int8_onnx(component: Component, model_dir, fp32: Path, fp32_hash: str, cfg: BuildConfig, work: Path,
               out: Path | None, data) -> tuple[Path, dict]:  # fmt: skip
     """The int8 Q/DQ graph and its calibration summary; the TensorRT cache is copied beside the engines."""
-    from calibration.int8_step import int8_onnx_from_fp32
+    from builder.quantize.int8_step import int8_onnx_from_fp32
 
     int8 = int8_onnx_from_fp32(component, model_dir, fp32, fp32_hash, cfg.calibration, work, data)
     if out is not None:
@@ -205,7 +205,7 @@ def int8_onnx(component: Component, model_dir, fp32: Path, fp32_hash: str, cfg: 
 def int4_onnx(component: Component, fp32: Path, fp32_hash: str, cfg: BuildConfig, work: Path,
               data) -> tuple[Path, dict]:  # fmt: skip
     """The int4 weight-only graph and its summary (method, block size, α per AWQ site)."""
-    from calibration.int4_step import int4_onnx_from_fp32
+    from builder.quantize.int4_step import int4_onnx_from_fp32
 
     awq = cfg.calibration.int4_method is Int4Method.awq
     int4 = int4_onnx_from_fp32(component.name, fp32, fp32_hash, cfg.calibration, work, data if awq else None)
@@ -218,7 +218,7 @@ def _calibration_sets(components: list[Component], model_dir: ModelDir, cfg: Bui
     awq = Precision.int4 in cfg.precisions and cfg.calibration.int4_method is Int4Method.awq
     if Precision.int8 not in cfg.precisions and not awq:
         return {}
-    from calibration.int8_step import calibration_set
+    from builder.quantize.int8_step import calibration_set
 
     for component in components:
         if component.calibration is None and Precision.int8 in cfg.precisions:

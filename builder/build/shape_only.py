@@ -29,10 +29,10 @@ from builder.build.components import (
 from builder.build.shape_only_report import GraphSummary, print_summaries, summarise, write_report
 from builder.config import BuildConfig, CalibrationConfig, ExportConfig, Precision
 from builder.model_dir import ModelDir
-from builder.progress import note, stage
 from builder.trt_check import check_graph
 from builder.trt_check.report import print_reports, raise_on_failure
 from runtime.build_records import StepRecord
+from runtime.progress import note, stage
 from runtime.shape_only import NO_WEIGHTS, write_no_weights_file
 
 # Bump when the stand-ins or the graph writing change, so checks redo their fp32 exports.
@@ -133,7 +133,7 @@ def fp16_graph(fp32: Path, graph: Path) -> None:
 
 
 def int4_graph(fp32: Path, graph: Path, cfg: CalibrationConfig) -> None:
-    from calibration.int4_step import raise_on_changed_ops, set_opset
+    from builder.quantize.int4_step import raise_on_changed_ops, set_opset
     from calibration.weight_only import INT8, Scheme, weight_only
 
     model = onnx.load(str(fp32), load_external_data=False)

@@ -10,11 +10,11 @@ from pathlib import Path
 import onnx
 from rich.table import Table
 
-from builder.manifest import TensorSpec
 from builder.model_dir import ModelDir
-from builder.progress import console
 from builder.trt_check.findings import CheckReport
 from runtime.build_records import write_json_atomic
+from runtime.manifest import TensorSpec
+from runtime.progress import console
 from runtime.shape_only import is_shape_only, tensor_bytes
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")

@@ -28,9 +28,9 @@ from builder.build.tensorrt_layers import fusion_summary
 from builder.build.tensorrt_profiles import Profile, ProfileError, graph_inputs, profiles_for
 from builder.config import TensorRTConfig
 from builder.errors import BackendUnavailableError, BuildError
-from builder.manifest import Manifest
-from builder.progress import note
 from runtime import decoder_io as io
+from runtime.manifest import Manifest
+from runtime.progress import note
 
 TIMING_CACHE = "tensorrt.timing.cache"
 

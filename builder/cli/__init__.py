@@ -8,8 +8,7 @@ import sys
 import typer
 
 from builder.cli import bench_cmd, build_cmd, calibrate_cmd, export_cmd, generate_cmd, model_cmd, serve_cmd
-from builder.errors import BuildError
-from runtime.errors import RuntimeUserError
+from runtime.errors import UserError
 
 app = typer.Typer(
     name="autoglm-trt",
@@ -49,7 +48,7 @@ def main() -> None:
         app()
     except Exception as error:
         full = disk_full(error)
-        if full is None and not isinstance(error, BuildError | RuntimeUserError):
+        if full is None and not isinstance(error, UserError):
             raise
         # A user-fixable problem: one line that says what to do, no traceback. Steps write under
         # temporary names, so a full disk leaves nothing half-written behind.

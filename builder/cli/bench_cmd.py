@@ -34,7 +34,7 @@ def write_json(path: Path, report: dict) -> None:
 
 
 def _accuracy_only(engines: Path, precision, json_out, passages, max_tokens, threads) -> None:
-    from runtime.bench.accuracy import rows_as_dicts, text_accuracy
+    from builder.bench.accuracy import rows_as_dicts, text_accuracy
 
     rows = text_accuracy(engines, precision, passages=passages, max_tokens=max_tokens, threads=threads)
     print(f"{'component':<14}{'precision':<10}{'cosine':>10}{'top1':>9}{'perplexity':>12}{'ppl fp32':>10}")
@@ -92,9 +92,9 @@ def engines(
     if accuracy_only:
         _accuracy_only(engines, precision, json_out, passages, max_tokens, threads)
         return
-    from runtime.bench.engines import EngineBenchConfig, run_engine_bench
-    from runtime.bench.progress import StageLog
-    from runtime.bench.tables import print_engine_report
+    from builder.bench.engines import EngineBenchConfig, run_engine_bench
+    from builder.bench.progress import StageLog
+    from builder.bench.tables import print_engine_report
 
     cfg = EngineBenchConfig(
         engines_dir=engines,
@@ -122,7 +122,7 @@ def _finish(report: dict, json_out: Path | None, plot: Path | None, printer, plo
     if json_out is not None:
         write_json(json_out, report)
     if plot is not None and report["results"]:
-        from runtime.bench import plots
+        from builder.bench import plots
 
         getattr(plots, plotter)(report, plot)
     if report.get("interrupted"):
@@ -152,9 +152,9 @@ def serve(
 ) -> None:
     """TTFT, TPOT, inter-token and end-to-end latency percentiles, requests/s and output tokens/s at
     each concurrency level, over OpenAI streaming chat completions."""
-    from runtime.bench.progress import StageLog
-    from runtime.bench.serve import ServeBenchConfig, run_serve_bench
-    from runtime.bench.tables import print_serve_report
+    from builder.bench.progress import StageLog
+    from builder.bench.serve import ServeBenchConfig, run_serve_bench
+    from builder.bench.tables import print_serve_report
 
     if (url is None) == (engines is None):
         raise RuntimeUserError("give either --url of a running gateway or --engines to start one")
@@ -175,7 +175,7 @@ def serve(
 def _serve_started(cfg, engines: Path, threads: int, log) -> dict:
     from dataclasses import replace
 
-    from runtime.bench.serve import run_serve_bench
+    from builder.bench.serve import run_serve_bench
     from runtime.server.background import start_background_server
 
     log(f"starting autoglm-trt serve --engines {engines}")
@@ -212,7 +212,7 @@ def report(
     serve_plot: Annotated[Path | None, typer.Option(help="Chart from `bench serve --plot` to link.")] = None,
 ) -> None:  # fmt: skip
     """Write a Markdown report of the engine and serving benchmarks."""
-    from runtime.bench.report import write_report
+    from builder.bench.report import write_report
 
     if engines_json is None and serve_json is None:
         raise RuntimeUserError("give --engines-json, --serve-json or both")

@@ -20,8 +20,8 @@ from builder.config import (
 )
 from builder.errors import BackendUnavailableError
 from builder.model_dir import open_model_dir
-from builder.progress import console, stage
 from calibration.errors import CalibrationError
+from runtime.progress import console, stage
 
 
 def build(

@@ -16,7 +16,7 @@ import typer
 from builder.cli.options import MaxSeqLen, export_config
 from builder.config import CalibrationConfig
 from builder.model_dir import open_model_dir
-from builder.progress import console, stage
+from runtime.progress import console, stage
 
 CalibData = Annotated[
     Path | None,
@@ -72,8 +72,8 @@ def calibrate(
     """Calibrate INT8 (exporting the fp32 graph first if needed) and write the Q/DQ graph and cache."""
     from builder.build.components import components_for
     from builder.build.pipeline import fp32_onnx_from_model
+    from builder.quantize.int8_step import calibration_set, int8_onnx_from_fp32
     from calibration.errors import CalibrationError
-    from calibration.int8_step import calibration_set, int8_onnx_from_fp32
     from runtime.onnx_files import graph_digest
 
     model_dir = open_model_dir(model)

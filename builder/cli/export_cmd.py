@@ -9,7 +9,7 @@ import typer
 
 from builder.cli.options import MaxSeqLen, export_config
 from builder.model_dir import open_model_dir
-from builder.progress import console, stage
+from runtime.progress import console, stage
 
 
 def export(

@@ -51,8 +51,8 @@ def generate(
     except ValueError as error:
         raise RuntimeUserError(str(error)) from None
     if verify:
-        from builder.manifest import Manifest
         from runtime.engine_loader import verify_engines
+        from runtime.manifest import Manifest
 
         verify_engines(Manifest.load(engines), engines, precision)
     generator = TextGenerator(engines, precision=precision, threads=threads)

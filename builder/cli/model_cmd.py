@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from builder.progress import console, stage
+from runtime.progress import console, stage
 
 app = typer.Typer(help="Create model directories from presets.", no_args_is_help=True)
 

@@ -62,8 +62,8 @@ def serve(
             f"--served-model-name {bad[0]!r}: a model name must be non-empty, without spaces"
         )
     if verify:  # here, before Triton starts: its models' loads then find every file verified
-        from builder.manifest import Manifest
         from runtime.engine_loader import verify_engines
+        from runtime.manifest import Manifest
 
         verify_engines(Manifest.load(engines), engines, precision)
     run(

@@ -172,7 +172,7 @@ def manifest_info(model_dir: ModelDir) -> dict:
 
 
 def export_component(model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
-    from builder.progress import stage
+    from runtime.progress import stage
 
     encoder, geometry = load_audio_encoder(model_dir.path), audio_geometry(model_dir.path)
     with stage(f"export audio_encoder → ONNX (batch 1–{cfg.max_batch}, {geometry.frames} mel frames)"):

@@ -242,7 +242,7 @@ def batched_vision_encoder(model: nn.Module, model_dir: ModelDir) -> BatchedVisi
 
 
 def export_component(model: nn.Module, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
-    from builder.progress import stage
+    from runtime.progress import stage
 
     encoder = batched_vision_encoder(model, model_dir)
     g = encoder.geometry

@@ -7,9 +7,9 @@ from collections import Counter
 from rich.table import Table
 
 from builder.errors import BuildError
-from builder.progress import console
 from builder.trt_check.findings import CheckReport
 from builder.trt_check.support import SOURCE, TARGET_TENSORRT
+from runtime.progress import console
 
 SHOWN_PER_GRAPH = 12
 

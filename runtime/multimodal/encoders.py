@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from builder.manifest import Manifest
 from runtime.engine_loader import choose_component_precision, load_engine
 from runtime.engines.base import Engine
+from runtime.manifest import Manifest
 
 VISION, AUDIO = "vision_encoder", "audio_encoder"
 

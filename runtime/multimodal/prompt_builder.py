@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.manifest import Manifest
 from runtime.errors import MediaInputError, MissingEncoderError
+from runtime.manifest import Manifest
 from runtime.multimodal.audio import AudioPreprocessor, AudioSpec
 from runtime.multimodal.encoders import AUDIO, VISION, MediaEncoders
 from runtime.multimodal.image import ImagePreprocessor, ImageSpec

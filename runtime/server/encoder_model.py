@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.manifest import Manifest
+from runtime.manifest import Manifest
 from runtime.multimodal import LocalEncoders
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.manifest import Manifest
 from runtime.errors import RuntimeUserError
-from runtime.generate import choose_precision
+from runtime.engine_loader import choose_component_precision
+from runtime.manifest import Manifest
 from runtime.server.triton_process import TritonServer
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     # them a time and a source. Triton's side goes to its own log (printed at start).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = Manifest.load(config.engines_dir)
-    precision = choose_precision(manifest, config.precision)
+    precision = choose_component_precision(manifest, "text_decoder", config.precision)
     if not (config.repo_dir / "llm" / "config.pbtxt").is_file():
         raise RuntimeUserError(f"{config.repo_dir} is not the Triton model repository (no llm/config.pbtxt)")
     if config.port and free_port(config.host, config.port) != config.port:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from builder.manifest import Manifest
 from runtime.engine_loader import load_engine
 from runtime.errors import RuntimeUserError
 from runtime.generate import COMPONENT, choose_precision
 from runtime.kv import KVCacheManager
+from runtime.manifest import Manifest
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder
 from runtime.reasoning import ThinkTokens
 from runtime.request import Request

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from builder.manifest import Manifest
 from runtime.errors import PromptTooLongError, RuntimeUserError
+from runtime.manifest import Manifest
 from runtime.prompt import PreparedPrompt
 from runtime.server.wire import GenerateRequest
 from runtime.tokenizer import TextTokenizer

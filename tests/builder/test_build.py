@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from builder.manifest import Manifest
+from runtime.manifest import Manifest
 from runtime.onnx_files import sha256_file
 from tests.conftest import run_cli
 

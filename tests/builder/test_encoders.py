@@ -12,10 +12,10 @@ import torch
 
 from builder.export.audio_encoder import load_audio_encoder
 from builder.export.vision_encoder import VisionGeometry, hf_patches
-from builder.manifest import Manifest
 from builder.model_dir import open_model_dir
 from runtime import decoder_io as io
 from runtime.engine_loader import load_engine
+from runtime.manifest import Manifest
 from runtime.multimodal.audio import AudioPreprocessor, AudioSpec
 from runtime.multimodal.image import ImagePreprocessor, ImageSpec
 from tests.runtime.test_multimodal_preprocess import make_image, png, speech_like, wav

@@ -12,9 +12,9 @@ import torch
 
 from builder.export.paged_decoder import PagedDecoder
 from builder.export.text_decoder import ATOL, RTOL, _torch_args, decoder_feeds
-from builder.manifest import Manifest
 from builder.model_dir import open_model_dir
 from runtime import decoder_io as io
+from runtime.manifest import Manifest
 
 
 def work_dir(engines):

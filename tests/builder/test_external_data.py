@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from builder.manifest import Manifest
 from runtime.engine_files import VERIFIED
 from runtime.engine_loader import expected_files
+from runtime.manifest import Manifest
 from runtime.onnx_files import data_files, graph_complete, sha256_file
 from tests.conftest import CLI
 

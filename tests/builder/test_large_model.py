@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from builder.manifest import Manifest
 from builder.model_dir import open_model_dir
 from runtime.generate import TextGenerator
+from runtime.manifest import Manifest
 from runtime.onnx_files import data_files
 from runtime.sampling import SamplingParams
 from tests.conftest import run_cli

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from builder.build.ort_fusion.compare import compare_engine
 from builder.build.ort_fusion.matmul_nbits import fuse_matmul_nbits, nbits_tensors
-from builder.manifest import Manifest
 from runtime import decoder_io as io
+from runtime.manifest import Manifest
 
 
 def _ops(path) -> Counter:

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
+from builder.quantize.int4_step import AWQ_KINDS
 from calibration.awq import SiteStats, apply_awq, awq_scales, collect_site_stats, search_site, site_error
-from calibration.int4_step import AWQ_KINDS
 from calibration.smoothing import DOWN, GATE_UP, QKV, fold_scales, smoothing_plan
 from calibration.weight_only import Scheme
 from tests.calibration.test_smoothing import ATOL, RTOL, calibration, decoder_block, inputs, run, weights

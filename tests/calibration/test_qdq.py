@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from builder.quantize.text_decoder_feeds import prefill_feed
 from calibration.errors import CalibrationError
 from calibration.qdq import activation_scales, place, qdq_from_fp32, u8_activations
-from calibration.text_decoder import prefill_feed
 
 
 def three_matmuls(path, with_weights: bool = True) -> onnx.ModelProto:

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from builder.quantize.int8_step import smoothed_fp32
 from calibration.collect import collect_channel_amax
 from calibration.feeds import CalibrationSet
-from calibration.int8_step import smoothed_fp32
 from calibration.qdq import place
 from calibration.smoothing import (
     DOWN,

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from builder.manifest import Manifest
 from runtime import decoder_io as io
 from runtime.engine_loader import load_engine
 from runtime.errors import EngineDirError, StaleEngineError
+from runtime.manifest import Manifest
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from transformers import WhisperFeatureExtractor
 from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
 from builder.export.vision_encoder import VisionGeometry, hf_patches
-from builder.manifest import Manifest
 from runtime.errors import MediaInputError, MissingEncoderError, RuntimeUserError
+from runtime.manifest import Manifest
 from runtime.multimodal import MultimodalPromptBuilder
 from runtime.multimodal.audio import AudioPreprocessor, AudioSpec
 from runtime.multimodal.image import ImagePreprocessor, ImageSpec, letterbox

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from builder.manifest import Manifest
 from runtime.engine_loader import load_engine
 from runtime.engines.onnxruntime import OnnxRuntimeEngine
 from runtime.kv import KVCacheManager
+from runtime.manifest import Manifest
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder, StepInput
 
 

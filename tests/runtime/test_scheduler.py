@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builder.manifest import Manifest
 from runtime.engine_loader import load_engine
 from runtime.errors import PromptTooLongError, RuntimeUserError
 from runtime.generate import TextGenerator
 from runtime.kv import KVCacheManager
+from runtime.manifest import Manifest
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder
 from runtime.prompt import PreparedPrompt
 from runtime.request import Request
