@@ -1,10 +1,8 @@
-"""One engine call over a batch of sequences, with their K/V in a paged pool owned here.
+"""One engine call over a batch of sequences whose K/V live in the engine's paged pool.
 
-The pool is one array [L, 2, NB, bs, KVH, D] in the engine's KV dtype; each layer's K and V are
-handed to the engine as contiguous views, or, for engines that take it whole (`kv_pool`), the array
-itself, in the layout they name ([L, 2, NB, KVH, bs, D] for fused ONNX Runtime engines). After the
-call, this call's K/V (`new_kv`) are written
-into the sequences' blocks in place, in one fancy-indexed assignment.
+The decoder builds the call's inputs (token ids, positions, past lengths, block tables, logit
+index, media rows) and the slot mapping of its new tokens; the engine reads K/V from the pool it
+owns and writes the new K/V into it (runtime/kv/pool.py). Pool memory never passes through here.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from runtime import decoder_io as io
 from runtime.engines.base import Engine
 from runtime.errors import RuntimeUserError
 from runtime.kv import KVCacheManager
+from runtime.kv.pool import KVPoolSpec, SlotMapping
 
 
 @dataclass(frozen=True)
@@ -54,24 +53,17 @@ class PagedTextDecoder:
         self.engine = engine
         self.limits = limits
         self.kv = kv
-        self.kv_names = io.kv_input_names(limits.num_layers)
-        dtype = engine.input_dtypes[io.kv_dtype_input(engine.input_dtypes)]
-        block = (limits.block_size, limits.num_kv_heads)
-        self.heads_major = engine.heads_major_pool
-        self.pool = np.zeros(
-            (
-                limits.num_layers,
-                2,
-                kv.num_blocks,
-                *(block[::-1] if self.heads_major else block),
-                limits.head_dim,
-            ),
-            dtype,
+        self.pool = engine.create_kv_pool(
+            KVPoolSpec(
+                num_layers=limits.num_layers,
+                num_blocks=kv.num_blocks,
+                block_size=limits.block_size,
+                num_kv_heads=limits.num_kv_heads,
+                head_dim=limits.head_dim,
+                dtype=engine.input_dtypes[io.kv_dtype_input(engine.input_dtypes)],
+                heads_major=engine.heads_major_pool,
+            )
         )
-        if io.KV_POOL in engine.input_dtypes:  # the engine reads the pool whole
-            self.kv_views = {io.KV_POOL: self.pool}
-        else:
-            self.kv_views = {name: self.pool[i // 2, i % 2] for i, name in enumerate(self.kv_names)}
         # Decoders of models with encoders take media rows (runtime/decoder_io.py); text-only
         # steps feed one zero row and no row indices, which costs nothing measurable.
         self.media_dtype = engine.input_dtypes.get(io.MEDIA_EMBEDS)
@@ -116,11 +108,9 @@ class PagedTextDecoder:
             io.PAST_LENS: past,
             io.BLOCK_TABLES: KVCacheManager.padded_block_tables(tables),
             io.LOGIT_INDEX: logit_index.astype(np.int64),
-            **self.kv_views,
             **self._media_feeds(batch, seq),
         }
-        logits, new_kv = self.engine.run(feeds, [io.LOGITS, io.NEW_KV])  # new_kv: [L, 2, B, S, KVH, D]
-        self._write_kv(batch, new_kv)
+        logits = self.engine.run_step(feeds, self.pool, self.slot_mapping(batch))
         return logits if all_logits else logits[:, 0]
 
     def _one_at_a_time(self, batch: list[StepInput], seq: int, all_logits: bool) -> np.ndarray:
@@ -148,18 +138,8 @@ class PagedTextDecoder:
         embeds = np.concatenate(chunks).astype(self.media_dtype, copy=False) if chunks else self.no_media
         return {io.MEDIA_EMBEDS: embeds, io.MEDIA_ROWS: rows}
 
-    def _write_kv(self, batch: list[StepInput], new_kv: np.ndarray) -> None:
-        rows, cols, blocks, offsets = [], [], [], []
-        for row, item in enumerate(batch):
-            n = len(item.token_ids)
-            block_ids, block_offsets = self.kv.slot_mapping(item.request_id, item.past_len, n)
-            rows.append(np.full(n, row))
-            cols.append(np.arange(n))
-            blocks.append(block_ids)
-            offsets.append(block_offsets)
-        rows, cols = np.concatenate(rows), np.concatenate(cols)
-        blocks, offsets = np.concatenate(blocks), np.concatenate(offsets)
-        if self.heads_major:  # [L, 2, NB, KVH, bs, D]: the indexed axes come first, [T, L, 2, KVH, D]
-            self.pool[:, :, blocks, :, offsets] = np.moveaxis(new_kv[:, :, rows, cols], 2, 0)
-        else:
-            self.pool[:, :, blocks, offsets] = new_kv[:, :, rows, cols]
+    def slot_mapping(self, batch: list[StepInput]) -> SlotMapping:
+        """Where each new token's K/V go: the blocks the caller allocated, from position past_len."""
+        return SlotMapping.build(
+            [self.kv.slot_mapping(item.request_id, item.past_len, len(item.token_ids)) for item in batch]
+        )

@@ -55,11 +55,11 @@ def _rss_child(engines: Path, mode: str) -> None:
     import psutil
     from PIL import Image
 
-    from runtime.generate import TextGenerator
+    from runtime.llm_engine import LLMEngine
     from runtime.sampling import SamplingParams
 
-    generator = TextGenerator(engines, precision="auto")
-    generator.generate(["Hello there"], SamplingParams(max_tokens=4))
+    llm = LLMEngine(engines, precision="auto")
+    llm.generate(["Hello there"], SamplingParams(max_tokens=4))
     rss = {"text_only": psutil.Process().memory_info().rss / 2**20}
     if mode == "all":
         image = io.BytesIO()
@@ -70,12 +70,12 @@ def _rss_child(engines: Path, mode: str) -> None:
             out.setsampwidth(2)
             out.setframerate(16000)
             out.writeframes(np.zeros(16000 * 3, "<i2").tobytes())
-        images = [image.getvalue()] if "vision_encoder" in generator.manifest.encoders else []
-        audios = [audio.getvalue()] if "audio_encoder" in generator.manifest.encoders else []
-        generator.generate_media(["Describe it."], images, audios, SamplingParams(max_tokens=4))
+        images = [image.getvalue()] if "vision_encoder" in llm.manifest.encoders else []
+        audios = [audio.getvalue()] if "audio_encoder" in llm.manifest.encoders else []
+        llm.generate_media(["Describe it."], images, audios, SamplingParams(max_tokens=4))
         rss["all_loaded"] = psutil.Process().memory_info().rss / 2**20
-        rss["loaded"] = list(generator.encoders.loaded)
-        generator.encoders.unload_idle(0)
+        rss["loaded"] = list(llm.encoders.loaded)
+        llm.encoders.unload_idle(0)
         rss["after_unload_idle"] = psutil.Process().memory_info().rss / 2**20
     print(json.dumps(rss))
 

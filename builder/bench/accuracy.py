@@ -18,7 +18,7 @@ import numpy as np
 
 from calibration.corpus import evaluation_passages
 from runtime.errors import RuntimeUserError
-from runtime.generate import COMPONENT, TextGenerator
+from runtime.llm_engine import COMPONENT, LLMEngine
 from runtime.manifest import Manifest
 
 REFERENCE = "fp32"
@@ -52,9 +52,9 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def held_out_token_ids(generator: TextGenerator, passages: int, max_tokens: int) -> list[list[int]]:
-    limit = min(max_tokens, generator.limits.max_seq_len - 1)
-    encoded = (generator.tokenizer.hf.encode(text)[:limit] for text in evaluation_passages())
+def held_out_token_ids(llm: LLMEngine, passages: int, max_tokens: int) -> list[list[int]]:
+    limit = min(max_tokens, llm.limits.max_seq_len - 1)
+    encoded = (llm.tokenizer.hf.encode(text)[:limit] for text in evaluation_passages())
     return list(islice((ids for ids in encoded if len(ids) >= 2), passages))
 
 
@@ -78,8 +78,8 @@ def text_accuracy(
                 f"{engines_dir} has no {precision} text_decoder (built: {', '.join(built)}); "
                 f"pick one of those with --precision"
             )
-    reference = TextGenerator(engines_dir, REFERENCE, threads=threads)
-    others = {p: TextGenerator(engines_dir, p, threads=threads) for p in wanted}
+    reference = LLMEngine(engines_dir, REFERENCE, threads=threads)
+    others = {p: LLMEngine(engines_dir, p, threads=threads) for p in wanted}
     samples = held_out_token_ids(reference, passages, max_tokens)
     tokens = sum(len(ids) - 1 for ids in samples)
     nll_ref = 0.0
@@ -88,8 +88,8 @@ def text_accuracy(
         ref_logits = reference.score(ids)  # [S, V]
         nll_ref += next_token_nll(ref_logits, ids)
         ref_top = ref_logits.argmax(-1)
-        for precision, generator in others.items():
-            logits = generator.score(ids)
+        for precision, llm in others.items():
+            logits = llm.score(ids)
             acc = sums[precision]
             acc["cos"] += float(row_cosines(logits, ref_logits).sum())
             acc["top1"] += int((logits.argmax(-1) == ref_top).sum())

@@ -21,7 +21,7 @@ from builder.bench.memory import MemoryCase, peak_rss_mb
 from builder.bench.results import latency_ratios, ordered, precision_rank
 from builder.bench.stats import summarize, time_interleaved
 from runtime.errors import RuntimeUserError
-from runtime.generate import COMPONENT as TEXT
+from runtime.llm_engine import COMPONENT as TEXT
 from runtime.manifest import Manifest
 
 REFERENCE = "fp32"
@@ -110,22 +110,20 @@ def _measure(report: EngineReport, cfg: EngineBenchConfig, log, label: str, rows
 
 
 def bench_text(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest, log) -> None:
-    from runtime.generate import TextGenerator
+    from runtime.llm_engine import LLMEngine
 
     precisions = chosen_precisions(manifest, TEXT, cfg.precisions)
     log(f"text_decoder: loading {', '.join(precisions)}")
     # Precisions run in turn in this process: their threads must not spin while another runs.
-    generators = {
-        p: TextGenerator(cfg.engines_dir, p, threads=cfg.threads, spinning=False) for p in precisions
-    }
+    llms = {p: LLMEngine(cfg.engines_dir, p, threads=cfg.threads, spinning=False) for p in precisions}
     for batch in cfg.prefill_batches:
         for seq in cfg.prompt_lengths:
-            runs = {p: text_cases.prefill_case(g, batch, seq) for p, g in generators.items()}
+            runs = {p: text_cases.prefill_case(g, batch, seq) for p, g in llms.items()}
             rows_of = lambda s, b=batch, n=seq: _rows(TEXT, "prefill", b, n, s)  # noqa: E731
             _measure(report, cfg, log, f"text_decoder prefill b{batch} s{seq}", rows_of, runs)
     for context in cfg.contexts:
         for batch in cfg.batches:
-            runs = {p: text_cases.decode_case(g, batch, context) for p, g in generators.items()}
+            runs = {p: text_cases.decode_case(g, batch, context) for p, g in llms.items()}
             rows_of = lambda s, b=batch, c=context: _rows(TEXT, "decode", b, 1, s, c)  # noqa: E731
             _measure(report, cfg, log, f"text_decoder decode b{batch} c{context}", rows_of, runs)
 

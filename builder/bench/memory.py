@@ -52,11 +52,11 @@ def peak_rss_mb(engines_dir: Path, case: MemoryCase, threads: int, timeout: floa
 def _run(engines_dir: Path, case: MemoryCase, threads: int) -> None:
     if case.component == "text_decoder":
         from builder.bench.text_cases import decode_case, prefill_case
-        from runtime.generate import TextGenerator
+        from runtime.llm_engine import LLMEngine
 
-        generator = TextGenerator(engines_dir, case.precision, threads=threads)
-        prefill_case(generator, case.prefill_batch, case.prefill_tokens)()
-        decode_case(generator, case.decode_batch, case.decode_context)()
+        llm = LLMEngine(engines_dir, case.precision, threads=threads)
+        prefill_case(llm, case.prefill_batch, case.prefill_tokens)()
+        decode_case(llm, case.decode_batch, case.decode_context)()
         return
     import numpy as np
 

@@ -13,12 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 from runtime.errors import RuntimeUserError
-from runtime.generate import TextGenerator
+from runtime.llm_engine import LLMEngine
 from runtime.paged_decoder import StepInput
 
 
-def check_case(generator: TextGenerator, batch: int, tokens: int, what: str) -> None:
-    limits = generator.limits
+def check_case(llm: LLMEngine, batch: int, tokens: int, what: str) -> None:
+    limits = llm.limits
     if batch > limits.max_batch:
         raise RuntimeUserError(
             f"batch {batch} exceeds the {limits.max_batch} the engines were built for; "
@@ -31,38 +31,36 @@ def check_case(generator: TextGenerator, batch: int, tokens: int, what: str) -> 
         )
 
 
-def prefill_case(generator: TextGenerator, batch: int, tokens: int) -> Callable[[], object]:
-    check_case(generator, batch, tokens, "a prompt")
+def prefill_case(llm: LLMEngine, batch: int, tokens: int) -> Callable[[], object]:
+    check_case(llm, batch, tokens, "a prompt")
     rng = np.random.default_rng(0)
-    vocab = generator.limits.vocab_size
+    vocab = llm.limits.vocab_size
     rows = [rng.integers(min(100, vocab - 1), vocab, tokens).tolist() for _ in range(batch)]
     rids = [f"bench-prefill-{i}" for i in range(batch)]
 
     def run():
         for rid in rids:
-            generator.kv.allocate_slots(rid, tokens)
+            llm.kv.allocate_slots(rid, tokens)
         try:
             # logits: [B, V] at each prompt's last token
-            return generator.decoder.step(
-                [StepInput(rid, ids, 0) for rid, ids in zip(rids, rows, strict=True)]
-            )
+            return llm.decoder.step([StepInput(rid, ids, 0) for rid, ids in zip(rids, rows, strict=True)])
         finally:
             for rid in rids:
-                generator.kv.free(rid)
+                llm.kv.free(rid)
 
     return run
 
 
-def decode_case(generator: TextGenerator, batch: int, context: int) -> Callable[[], object]:
-    """Slots stay allocated for the generator's lifetime; each call rewrites the same position."""
-    check_case(generator, batch, context + 1, "a decode context")
+def decode_case(llm: LLMEngine, batch: int, context: int) -> Callable[[], object]:
+    """Slots stay allocated for the engine's lifetime; each call rewrites the same position."""
+    check_case(llm, batch, context + 1, "a decode context")
     rids = [f"bench-decode-b{batch}-c{context}-{i}" for i in range(batch)]
     for rid in rids:
-        if generator.kv.allocate_slots(rid, context + 1) is None:
+        if llm.kv.allocate_slots(rid, context + 1) is None:
             raise RuntimeUserError("the KV pool is too small for this decode case; use smaller --batches")
     step = [StepInput(rid, [42 + i], context) for i, rid in enumerate(rids)]
-    return lambda: generator.decoder.step(step)
+    return lambda: llm.decoder.step(step)
 
 
-def kv_itemsize(generator: TextGenerator) -> int:
-    return generator.decoder.pool.dtype.itemsize
+def kv_itemsize(llm: LLMEngine) -> int:
+    return np.dtype(llm.decoder.pool.spec.dtype).itemsize

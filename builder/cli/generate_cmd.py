@@ -41,7 +41,7 @@ def generate(
     ] = None,
 ) -> None:
     """Generate text from built engines."""
-    from runtime.generate import TextGenerator
+    from runtime.llm_engine import LLMEngine
     from runtime.sampling import SamplingParams
 
     try:  # SamplingParams validates itself
@@ -55,18 +55,18 @@ def generate(
         from runtime.manifest import Manifest
 
         verify_engines(Manifest.load(engines), engines, precision)
-    generator = TextGenerator(engines, precision=precision, threads=threads)
-    if chat and not generator.tokenizer.has_chat_template:
+    llm = LLMEngine(engines, precision=precision, threads=threads)
+    if chat and not llm.tokenizer.has_chat_template:
         raise RuntimeUserError(f"the tokenizer in {engines} has no chat template; drop --chat")
     if image or audio:  # media always go through the chat template, which places them
         images, audios = _read_media(image or [], "image"), _read_media(audio or [], "audio")
-        completions = generator.generate_media(prompt, images, audios, params, system=system)
+        completions = llm.generate_media(prompt, images, audios, params, system=system)
     else:
-        completions = generator.generate(prompt, params, chat=chat, system=system)
+        completions = llm.generate(prompt, params, chat=chat, system=system)
     for number, completion in enumerate(completions, 1):
         timings = completion.timings
         if as_json:
-            record = {**completion.__dict__, "precision": generator.precision, "timings": timings.as_dict()}
+            record = {**completion.__dict__, "precision": llm.precision, "timings": timings.as_dict()}
             print(json.dumps(record, ensure_ascii=False))
         else:
             print(completion.text, flush=True)

@@ -6,13 +6,16 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from runtime import decoder_io as io
+from runtime.kv.pool import HostKVPool, KVPool, KVPoolSpec, SlotMapping
+
 
 class Engine(ABC):
     """A loaded engine: named numpy inputs in, named numpy outputs out.
 
-    Inputs are host arrays owned by the caller and only read during `run` (the KV pool is passed
-    as views, never copied by the caller). Outputs are new arrays owned by the caller. Not
-    thread-safe: one `run` at a time per engine.
+    Inputs are host arrays owned by the caller and only read during `run`. Outputs are new arrays
+    owned by the caller. A decoder engine also owns its KV pool (`create_kv_pool`) and writes each
+    call's new K/V into it (`run_step`). Not thread-safe: one call at a time per engine.
     """
 
     input_dtypes: dict[str, np.dtype]
@@ -20,8 +23,20 @@ class Engine(ABC):
     # (ORT's CPU GroupQueryAttention); the decoder then runs such a batch one sequence at a time.
     batched_prefill_with_past: bool = True
     # True where the engine reads the pool [L, 2, NB, KVH, bs, D] (heads before tokens in a block)
-    # instead of [L, 2, NB, bs, KVH, D]; runtime/paged_decoder.py allocates and writes that layout.
+    # instead of [L, 2, NB, bs, KVH, D].
     heads_major_pool: bool = False
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]: ...
+
+    def create_kv_pool(self, spec: KVPoolSpec) -> KVPool:
+        """The pool this engine reads K/V from, where its compute is: host memory here."""
+        return HostKVPool(spec)
+
+    def run_step(self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping) -> np.ndarray:
+        """One decoder call: K/V read from `pool`, the call's new K/V written into it at `slots`;
+        returns the logits (host float32 [B, T, V]). Engines with a device pool override this so
+        that only the logits cross to the host."""
+        logits, new_kv = self.run({**feeds, **pool.feeds(list(self.input_dtypes))}, [io.LOGITS, io.NEW_KV])
+        pool.write(new_kv, slots)
+        return logits

@@ -1,4 +1,9 @@
-"""ONNX Runtime engine: the CPU execution provider here; CUDA where onnxruntime-gpu is installed."""
+"""ONNX Runtime engine: the CPU execution provider here; CUDA where onnxruntime-gpu is installed.
+
+On the CPU the KV pool is host memory, bound in place. With CUDA it is a device pool
+(runtime/engines/device_kv_pool.py) bound by address; `new_kv` stays on the device, where it is
+scattered into the pool, and only the logits are copied back.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from runtime import decoder_io as io
 from runtime.engines.base import Engine
+from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
 
 # Model metadata the ORT engine step writes (builder/build/ort_fusion/): whether a call may batch
 # several sequences' new tokens over a cached past, and the layout of a whole-pool `kv_pool` input.
@@ -37,6 +44,7 @@ class OnnxRuntimeEngine(Engine):
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.batched_prefill_with_past = metadata.get(BATCHED_PREFILL_WITH_PAST, "true") == "true"
         self.heads_major_pool = metadata.get(KV_LAYOUT, TOKENS_MAJOR) == HEADS_MAJOR
+        self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         # IOBinding reads the caller's arrays in place; session.run() would copy every input,
@@ -48,6 +56,30 @@ class OnnxRuntimeEngine(Engine):
             binding.bind_output(name)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+    def create_kv_pool(self, spec: KVPoolSpec) -> KVPool:
+        if not self.on_gpu:
+            return super().create_kv_pool(spec)
+        from runtime.engines.device_kv_pool import DeviceKVPool
+
+        return DeviceKVPool(spec)
+
+    def run_step(self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping) -> np.ndarray:
+        if not self.on_gpu:
+            return super().run_step(feeds, pool, slots)
+        binding = self.session.io_binding()
+        for name, array in feeds.items():  # the small inputs: ids, positions, tables, …
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name, (ptr, shape) in pool.feeds(list(self.input_dtypes)).items():
+            binding.bind_input(name, "cuda", 0, np.dtype(pool.spec.dtype), list(shape), ptr)
+        binding.bind_output(io.LOGITS, "cpu")
+        binding.bind_output(io.NEW_KV, "cuda", 0)
+        self.session.run_with_iobinding(binding)  # synchronizes its stream before returning
+        logits, new_kv = binding.get_outputs()
+        device_slots = pool.upload_slots(slots)
+        pool.scatter(new_kv.data_ptr(), tuple(new_kv.shape()), int(device_slots.data.ptr), len(slots))
+        pool.synchronize()  # the next call reads the pool; new_kv is freed with its OrtValue
+        return logits.numpy()
 
 
 def ort_type_to_numpy(ort_type: str) -> str:

@@ -10,17 +10,16 @@ memory shared across the contexts. So each decode graph key gets its own context
 once; every context of this engine draws on one activation buffer, which is safe because all of
 them run serialized on one stream (the Engine contract: one `run` at a time).
 
-The KV pool. The paged decoder (runtime/paged_decoder.py) owns the pool in host memory and writes
-each call's new K/V into it in place, exactly as with ONNX Runtime, so the host pool stays the
-single source of truth. Per call this engine uploads only the pool blocks the call's block tables
-name (the working set attention reads), packed into a compact device pool, and renumbers the
-block tables to it: exact, and bounded by the context actually attended to. Decode calls pad the
-tables to a power-of-two number of blocks, capped at the profile's maximum (block 0, masked by
-past_lens) so the shapes — and the CUDA graph captured for them — repeat: one graph per (decode
-profile, batch size, block bucket). Keeping the pool resident on the GPU (no per-step upload)
-needs the decoder to hand this engine the slot mapping of new K/V; see docs/tensorrt.md.
+The KV pool lives on the GPU (runtime/engines/device_kv_pool.py): one allocation, made when the
+decoder asks for it (`create_kv_pool`), whose per-layer slabs are bound as the KV inputs of every
+context of both profiles. A decoder call (`run_step`) uploads only the small inputs (ids,
+positions, past lengths, block tables, logit index, the slot mapping), runs the plan, scatters the
+call's `new_kv` into the pool on the device and copies back only the logits. Decode calls pad the
+block tables to a power-of-two number of blocks, capped at the profile's maximum (block 0, masked
+by past_lens), so the shapes repeat and one CUDA graph per (batch size, block bucket) covers the
+whole step: the engine call and the scatter.
 
-Buffers. Inputs and new_kv get buffers for their profile's max shapes. Logits do not: the prefill
+Buffers. Small inputs and new_kv get buffers for their profile's max shapes. Logits do not: the prefill
 profile's max is [8, max_seq_len, V] (logit_positions reaches max_seq_len so one sequence can be
 scored at every position), 9.9 GB for a 151,552-token vocabulary at 2048, while generation reads
 one position per sequence. They start at [B, 1, V] and grow to what a call's logit_index asks.
@@ -36,8 +35,9 @@ import numpy as np
 from runtime import cuda
 from runtime import decoder_io as io
 from runtime.engines.base import Engine
-from runtime.engines.tensorrt_pool import compact_pool
+from runtime.engines.tensorrt_pool import pad_block_tables
 from runtime.errors import RuntimeUserError
+from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
 
 
 class TensorRTRuntimeError(RuntimeUserError):
@@ -93,6 +93,7 @@ class TensorRTEngine(Engine):
         self.outputs = [n for n in names if not is_input[n]]
         self.input_dtypes = {n: self.dtypes[n] for n in self.inputs}
         self.kv_names = [n for n in self.inputs if n.split(".")[0] in ("key_cache", "value_cache")]
+        self.pool = None  # DeviceKVPool, once the decoder creates it
         self.stream = cuda.Stream()
         self.scratch = _activation_buffer(self.engine)
         count = self.engine.num_optimization_profiles
@@ -127,19 +128,47 @@ class TensorRTEngine(Engine):
             )
         return context
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        decode = io.INPUT_IDS in feeds and feeds[io.INPUT_IDS].shape[1] == 1 and len(self.profiles) > 1
-        if self.kv_names:
-            feeds = compact_pool(feeds, self.kv_names, pad_to_bucket=decode, max_blocks=self.decode_blocks)
+    def create_kv_pool(self, spec: KVPoolSpec) -> KVPool:
+        """The pool in device memory, bound as the KV inputs of every context from now on."""
+        from runtime.engines.device_kv_pool import DeviceKVPool
+
+        most = min(runner.ranges[self.kv_names[0]][2][0] for runner in self.profiles)
+        if spec.num_blocks > most:
+            raise TensorRTRuntimeError(
+                f"a KV pool of {spec.num_blocks} blocks exceeds the {most} this plan was built for; "
+                "serve with fewer --kv-blocks, or rebuild with a larger --max-batch or --max-seq-len"
+            )
+        self.pool = DeviceKVPool(spec)
+        for runner in self.profiles:
+            runner.bind_pool(self.pool)
+        return self.pool
+
+    def _runner(self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], decode: bool) -> _ProfileRunner:
         order = [self.profiles[1], self.profiles[0]] if decode else self.profiles
         for runner in order:
-            if runner.fits(feeds):
-                return runner.run(feeds, outputs)
-        shapes = {name: feeds[name].shape for name in self.inputs}
+            if runner.fits(shapes):
+                return runner
         raise RuntimeUserError(
             f"inputs {shapes} fit none of the engine's optimization profiles "
             f"({'; '.join(r.describe() for r in self.profiles)}); rebuild with larger limits"
         )
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """An engine without KV inputs (an encoder): host arrays in, host arrays out."""
+        if self.kv_names:
+            raise TensorRTRuntimeError("a TensorRT decoder runs through run_step, with its device KV pool")
+        shapes = {name: feeds[name].shape for name in self.inputs}
+        return self._runner(feeds, shapes, decode=False).run(feeds, outputs)
+
+    def run_step(self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping) -> np.ndarray:
+        if pool is not self.pool:
+            raise TensorRTRuntimeError("run_step takes the KV pool this engine created (create_kv_pool)")
+        decode = feeds[io.INPUT_IDS].shape[1] == 1 and len(self.profiles) > 1
+        if decode:
+            feeds = {**feeds, io.BLOCK_TABLES: pad_block_tables(feeds[io.BLOCK_TABLES], self.decode_blocks)}
+        shapes = {name: feeds[name].shape for name in self.inputs if name not in self.kv_names}
+        shapes |= {name: pool.layer_shape() for name in self.kv_names}
+        return self._runner(feeds, shapes, decode).run_step(feeds, shapes, slots)
 
     def close(self) -> None:
         for runner in self.profiles:
@@ -169,57 +198,91 @@ class _ProfileRunner:
         engine = owner.engine
         self.ranges = {n: [tuple(s) for s in engine.get_tensor_profile_shape(n, index)] for n in owner.inputs}
         self.context = owner.new_context(index, {n: high for n, (_, _, high) in self.ranges.items()})
-        shapes = {n: self.ranges[n][2] for n in owner.inputs}
+        # The KV inputs are the pool's slabs (bind_pool); every other tensor gets its own buffer.
+        shapes = {n: self.ranges[n][2] for n in owner.inputs if n not in owner.kv_names}
         shapes |= {n: first_output_shape(n, tuple(self.context.get_tensor_shape(n))) for n in owner.outputs}
         sizes = {n: int(np.prod(shape)) * owner.dtypes[n].itemsize for n, shape in shapes.items()}
         self.device = {n: cuda.DeviceBuffer(size) for n, size in sizes.items()}
         self.staging = {n: cuda.PinnedArray(size) for n, size in sizes.items()}
+        self.kv_addresses: dict[str, int] = {}
+        if owner.kv_names:  # the slot mapping [4, T]: at most one slot per new token of the profile
+            batch, seq = self.ranges[io.INPUT_IDS][2]
+            self.slots = cuda.DeviceBuffer(4 * batch * seq * 8)
+            self.slots_staging = cuda.PinnedArray(4 * batch * seq * 8)
         self._bind(self.context)
         self.graphs: dict[tuple, _Graph] = {}
 
+    def bind_pool(self, pool) -> None:
+        names = self.owner.kv_names
+        self.kv_addresses = {name: ptr for name, (ptr, _) in pool.feeds(names).items()}
+        self._drop_graphs()  # captured with other addresses
+        self._bind(self.context)
+
     def _bind(self, context) -> None:
-        for name, buffer in self.device.items():
-            _check(
-                context.set_tensor_address(name, buffer.ptr), f"refused the device address of tensor {name}"
-            )
+        addresses = {name: buffer.ptr for name, buffer in self.device.items()} | self.kv_addresses
+        for name, address in addresses.items():
+            _check(context.set_tensor_address(name, address), f"refused the device address of tensor {name}")
 
     def describe(self) -> str:
         return f"profile {self.index}: " + ", ".join(
             f"{n} {lo}–{hi}" for n, (lo, _, hi) in self.ranges.items()
         )
 
-    def fits(self, feeds: dict[str, np.ndarray]) -> bool:
+    def fits(self, shapes: dict[str, tuple]) -> bool:
         for name, (low, _, high) in self.ranges.items():
-            shape = feeds[name].shape
+            shape = shapes[name]
             if len(shape) != len(low) or any(
                 not a <= s <= b for a, s, b in zip(low, shape, high, strict=True)
             ):
                 return False
         return True
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        owner, stream = self.owner, self.owner.stream
-        shapes = {}
+    def _upload(self, feeds: dict[str, np.ndarray]) -> dict[str, tuple]:
+        """Copy every input but the KV pool to its device buffer; the input shapes."""
+        owner, shapes = self.owner, {}
         for name in owner.inputs:
+            if name in owner.kv_names:
+                continue
             array = np.ascontiguousarray(feeds[name], dtype=owner.dtypes[name])
             stage = self.staging[name].view(array.dtype, array.shape)
             stage[...] = array
-            cuda.copy_to_device(self.device[name].ptr, stage, stream)
+            cuda.copy_to_device(self.device[name].ptr, stage, owner.stream)
             shapes[name] = array.shape
+        return shapes
+
+    def _execute(self, shapes: dict[str, tuple], scatter_tokens: int | None):
+        """Run the plan (and the K/V scatter of `scatter_tokens` tokens) for these input shapes, as
+        one CUDA graph where graphs are on; the context whose output shapes are now valid."""
+        stream = self.owner.stream
         if self.cuda_graphs:
-            key = tuple(shapes.values())
-            entry = self.graphs.get(key) or self._capture(key, shapes)
+            key = (tuple(shapes.values()), scatter_tokens)
+            entry = self.graphs.get(key) or self._capture(key, shapes, scatter_tokens)
             entry.graph.launch(stream)
-            context = entry.context
-        else:
-            context = self.context
-            for name, shape in shapes.items():
-                _check(
-                    context.set_input_shape(name, shape),
-                    f"refused shape {shape} for input {name} (profile {self.index})",
-                )
-            self._fit_outputs(context)
-            _enqueue(context, stream)
+            return entry.context
+        context = self.context
+        for name, shape in shapes.items():
+            _check(
+                context.set_input_shape(name, shape),
+                f"refused shape {shape} for input {name} (profile {self.index})",
+            )
+        self._fit_outputs(context)
+        self._enqueue_step(context, scatter_tokens)
+        return context
+
+    def _enqueue_step(self, context, scatter_tokens: int | None) -> None:
+        stream = self.owner.stream
+        _enqueue(context, stream)
+        if scatter_tokens:
+            self.owner.pool.scatter(
+                self.device[io.NEW_KV].ptr,
+                tuple(context.get_tensor_shape(io.NEW_KV)),
+                self.slots.ptr,
+                scatter_tokens,
+                stream.ptr,
+            )
+
+    def _download(self, context, outputs: list[str]) -> list[np.ndarray]:
+        owner, stream = self.owner, self.owner.stream
         results = []
         for name in outputs:
             shape = tuple(context.get_tensor_shape(name))
@@ -229,17 +292,34 @@ class _ProfileRunner:
         stream.synchronize()
         return [np.array(r) for r in results]  # staging is reused by the next call
 
-    def _capture(self, key: tuple, shapes: dict[str, tuple]) -> _Graph:
-        """A graph on a context of its own, whose shapes never change after capture."""
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        context = self._execute(self._upload(feeds), scatter_tokens=None)
+        return self._download(context, outputs)
+
+    def run_step(
+        self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], slots: SlotMapping
+    ) -> np.ndarray:
+        self._upload(feeds)
+        mapping = np.stack([slots.rows, slots.cols, slots.blocks, slots.offsets]).astype(np.int64)
+        stage = self.slots_staging.view(np.int64, mapping.shape)
+        stage[...] = mapping
+        cuda.copy_to_device(self.slots.ptr, stage, self.owner.stream)
+        context = self._execute({n: shapes[n] for n in self.owner.inputs}, scatter_tokens=len(slots))
+        return self._download(context, [io.LOGITS])[0]
+
+    def _capture(self, key: tuple, shapes: dict[str, tuple], scatter_tokens: int | None) -> _Graph:
+        """A graph on a context of its own, whose shapes never change after capture: the plan and
+        the K/V scatter, which reads the slot mapping from the buffer `run_step` refreshes."""
         stream = self.owner.stream
         context = self.owner.new_context(self.index, shapes)
         self._fit_outputs(context)
         self._bind(context)
         # One plain run first: TensorRT performs deferred shape-dependent setup on a context's
-        # first enqueue, which must not land inside the capture.
-        _enqueue(context, stream)
+        # first enqueue, which must not land inside the capture. Its K/V go where the captured
+        # run will write them again, so running it is harmless.
+        self._enqueue_step(context, scatter_tokens)
         stream.synchronize()
-        graph = cuda.CudaGraph.capture(stream, lambda: _enqueue(context, stream))
+        graph = cuda.CudaGraph.capture(stream, lambda: self._enqueue_step(context, scatter_tokens))
         self.graphs[key] = entry = _Graph(context, graph)
         return entry
 
@@ -265,5 +345,8 @@ class _ProfileRunner:
     def close(self) -> None:
         self._drop_graphs()
         self.context = None
-        for buffer in [*self.device.values(), *self.staging.values()]:
+        buffers = [*self.device.values(), *self.staging.values()]
+        if self.owner.kv_names:
+            buffers += [self.slots, self.slots_staging]
+        for buffer in buffers:
             buffer.close()

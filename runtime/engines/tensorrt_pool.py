@@ -1,15 +1,8 @@
-"""Pack the KV blocks one engine call reads into a compact pool, and renumber the block tables.
-
-The decoder graph reads past K/V only through `block_tables` (a Gather over pool blocks), so a
-pool holding just the blocks the tables name — with the tables renumbered to it — gives exactly
-the same result. Block 0 (the null block, used for padding) always stays first.
-"""
+"""Block-table buckets for TensorRT decode calls: shapes that repeat, so CUDA graphs are reused."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from runtime import decoder_io as io
 
 
 def block_bucket(blocks: int, limit: int | None = None) -> int:
@@ -20,29 +13,9 @@ def block_bucket(blocks: int, limit: int | None = None) -> int:
     return bucket if limit is None else max(int(blocks), min(bucket, int(limit)))
 
 
-def compact_pool(
-    feeds: dict[str, np.ndarray], kv_names: list[str], pad_to_bucket: bool, max_blocks: int | None = None
-) -> dict[str, np.ndarray]:
-    """Return new feeds whose KV inputs hold only the blocks `block_tables` names.
-
-    block_tables [B, M] -> [B, M'] (M' = block_bucket(M, max_blocks) when bucketing; padded with
-    block 0); each KV input [NB, bs, KVH, D] -> [P, bs, KVH, D] with P = 1 + number of distinct
-    real blocks, or 1 + B * M' when bucketing (so the shape depends only on B and M').
-    """
-    pad = pad_to_bucket
-    tables = np.asarray(feeds[io.BLOCK_TABLES])
-    batch, blocks = tables.shape
-    if pad:
-        wide = block_bucket(blocks, max_blocks)
-        tables = np.pad(tables, ((0, 0), (0, wide - blocks)))
-    ids, inverse = np.unique(np.concatenate([[0], tables.ravel()]), return_inverse=True)
-    # ids[0] == 0 (block ids are ≥ 0, and 0 was prepended), so the null block keeps index 0.
-    size = 1 + batch * tables.shape[1] if pad else len(ids)
-    out = dict(feeds)
-    out[io.BLOCK_TABLES] = inverse[1:].reshape(tables.shape).astype(np.int64)
-    for name in kv_names:
-        pool = feeds[name]
-        packed = np.zeros((size, *pool.shape[1:]), pool.dtype)
-        np.take(pool, ids, axis=0, out=packed[: len(ids)])
-        out[name] = packed
-    return out
+def pad_block_tables(tables: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """block_tables [B, M] -> [B, block_bucket(M, limit)], padded with the null block 0 (masked by
+    past_lens, so the padding is never read as context)."""
+    tables = np.asarray(tables)
+    wide = block_bucket(tables.shape[1], limit)
+    return np.pad(tables, ((0, 0), (0, wide - tables.shape[1])))

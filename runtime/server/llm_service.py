@@ -1,8 +1,9 @@
-"""The LLM behind the `llm` Triton model: a scheduler thread streaming deltas to response sinks.
+"""The LLM behind the `llm` Triton model: a loop thread driving one LLMEngine, streaming deltas to
+response sinks.
 
 Threads: `submit` runs on the caller's thread (Triton's `execute`): it measures the prompt in
 characters (refusing what cannot fit before any work), renders and tokenizes it, then hands the
-request to the loop thread, which owns the scheduler, the decoder, the KV pool and the
+request to the loop thread, which owns the engine (scheduler, decoder, KV pool) and its
 detokenizing tokenizer. The two sides use separate tokenizer instances, so a long tokenization
 never holds anything the decode loop needs (Hugging Face's encode releases the GIL). Before
 each step the loop drops the requests that a cancel op names (what the gateway sends when its
@@ -20,17 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from runtime.engine_loader import load_engine
 from runtime.errors import RuntimeUserError
-from runtime.generate import COMPONENT, choose_precision
-from runtime.kv import KVCacheManager
-from runtime.manifest import Manifest
-from runtime.paged_decoder import DecoderLimits, PagedTextDecoder
+from runtime.llm_engine import LLMEngine
 from runtime.reasoning import ThinkTokens
 from runtime.request import Request
 from runtime.request_output import OutputDelta, RequestOutput
 from runtime.sampling import SamplingParams
-from runtime.scheduler import Scheduler, SchedulerConfig
 from runtime.server.prompting import PromptFactory, PromptLimits, longest_token_chars
 from runtime.server.wire import (
     ERROR_SERVER,
@@ -51,7 +47,7 @@ class ServiceConfig:
     precision: str = "auto"  # fp32 | fp16 | int8 | int4 | auto (int4 > int8 > fp16 > fp32)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
     kv_blocks: int | None = None  # None: room for max_batch sequences of max_seq_len
-    max_batch: int = 8
+    max_batch: int | None = None  # None: the batch the engines were built for
 
 
 class ResponseSink(Protocol):
@@ -95,23 +91,24 @@ class _Live:
 class LLMService:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        manifest = Manifest.load(config.engines_dir)
-        self.precision = choose_precision(manifest, config.precision)
-        self.limits = DecoderLimits.from_manifest(manifest.decoder)
-        engine = load_engine(manifest, config.engines_dir, COMPONENT, self.precision, threads=config.threads)
-        tokenizer_dir = config.engines_dir / manifest.tokenizer_dir
-        self.tokenizer = TextTokenizer(tokenizer_dir)  # the loop thread's: detokenization
+        self.engine = LLMEngine(
+            config.engines_dir,
+            config.precision,
+            threads=config.threads,
+            kv_blocks=config.kv_blocks,
+            max_batch=config.max_batch,
+            prefix_caching=True,
+        )
+        self.precision, self.limits = self.engine.precision, self.engine.limits
+        self.tokenizer = self.engine.tokenizer  # the loop thread's: detokenization
         self.think = ThinkTokens.from_tokenizer(self.tokenizer.hf)
         # The callers' own instance: a tokenizer is not shared across threads (its Rust object
         # is borrowed mutably on encode), and sharing one under a lock stalled decoding.
-        self.prompts = PromptFactory(config.engines_dir, manifest, TextTokenizer(tokenizer_dir))
+        tokenizer_dir = self.engine.tokenizer_dir
+        self.prompts = PromptFactory(config.engines_dir, self.engine.manifest, TextTokenizer(tokenizer_dir))
         token_chars = longest_token_chars(tokenizer_dir) or max(map(len, self.tokenizer.hf.get_vocab()))
         self.prompt_limits = PromptLimits(self.limits.max_seq_len, token_chars)
-        blocks_per_seq = -(-self.limits.max_seq_len // self.limits.block_size)
-        kv_blocks = config.kv_blocks or 1 + config.max_batch * blocks_per_seq
-        self.kv = KVCacheManager(kv_blocks, self.limits.block_size, enable_prefix_caching=True)
-        decoder = PagedTextDecoder(engine, self.limits, self.kv)
-        self.scheduler = Scheduler(decoder, SchedulerConfig(config.max_batch, self.limits.max_seq_len))
+        self.kv, self.scheduler = self.engine.kv, self.engine.scheduler
         self._prepare_lock = threading.Lock()  # callers take turns on their tokenizer
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # _Live, or a request id to drop
         self._live: dict[str, _Live] = {}
@@ -187,11 +184,11 @@ class LLMService:
     # ---- the loop thread -----------------------------------------------------------------
     def _loop(self) -> None:
         while not self._closed.is_set():
-            self._drain_inbox(block=not self.scheduler.has_work)
+            self._drain_inbox(block=not self.engine.has_work)
             self._reap_cancelled()
             # Before the step too, so a request in a long prefill shows (as waiting, live).
             self._stats = self._snapshot()
-            if self.scheduler.has_work:
+            if self.engine.has_work:
                 self._step()
                 self._stats = self._snapshot()  # what the last tokens sent leave behind
         for rid in list(self._live):
@@ -217,7 +214,7 @@ class LLMService:
                 self._drop(item)
             else:
                 try:
-                    self.scheduler.add(item.request)
+                    self.engine.add(item.request)
                     self._live[item.request.request_id] = item
                 except RuntimeUserError as error:
                     item.sink.fail(ERROR_USER + str(error))
@@ -236,12 +233,12 @@ class LLMService:
         that has already finished is not there any more, and that is fine."""
         live = self._live.pop(rid, None)
         if live is not None:
-            self.scheduler.abort(rid)
+            self.engine.abort(rid)
             live.sink.close()
 
     def _step(self) -> None:
         try:
-            events = self.scheduler.step()
+            events = self.engine.step()
         except Exception:  # an engine failure must not stop the server: fail what ran
             running = [r.request_id for r in self.scheduler.running]
             log.exception("scheduler step failed; failing requests %s", running)
@@ -259,7 +256,7 @@ class LLMService:
                 self._send(rid, live, delta, {})
                 continue
             request = live.request
-            self.scheduler.abort(rid)  # no-op unless a stop string ended it early
+            self.engine.abort(rid)  # no-op unless a stop string ended it early
             usage = {
                 "prompt_tokens": request.num_prompt,
                 "completion_tokens": len(request.output_ids),
@@ -273,11 +270,11 @@ class LLMService:
             live.sink.send(delta, info)
         except Exception:  # the client's side is gone (e.g. the response sender closed): drop it
             log.exception("could not send to request %s; dropping it", rid)
-            self.scheduler.abort(rid)
+            self.engine.abort(rid)
             self._live.pop(rid, None)
 
     def _end(self, rid: str, error: str) -> None:
-        self.scheduler.abort(rid)
+        self.engine.abort(rid)
         live = self._live.pop(rid, None)
         if live is not None:
             live.sink.fail(error)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from builder.model_dir import open_model_dir
-from runtime.generate import TextGenerator
+from runtime.llm_engine import LLMEngine
 from runtime.manifest import Manifest
 from runtime.onnx_files import data_files
 from runtime.sampling import SamplingParams
@@ -57,7 +57,7 @@ def test_every_precision_builds_with_its_weights_beside_the_engine(large):
 
 def test_greedy_fp32_equals_hugging_face(large):
     model_dir, engines = large
-    generator = TextGenerator(engines, precision="fp32")
+    generator = LLMEngine(engines, precision="fp32")
     params = SamplingParams(max_tokens=MAX_NEW, stop_token_ids=generator.tokenizer.stop_token_ids)
     hf = open_model_dir(model_dir).load()
     for text in PROMPTS:

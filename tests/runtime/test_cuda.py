@@ -65,6 +65,7 @@ def test_tensorrt_extra_pins_one_cuda_major():
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["tensorrt"]
     wanted = {Requirement(text).name: Requirement(text).specifier for text in extra}
-    assert set(wanted) == {"tensorrt-cu12", "cuda-python"}  # not the metapackage: it pulls CUDA 13
+    assert set(wanted) == {"tensorrt-cu12", "cuda-python", "cupy-cuda12x"}  # not the CUDA 13 metapackage
     assert "12.9.5" in wanted["cuda-python"] and "13.0.0" not in wanted["cuda-python"]
     assert "10.0.1" in wanted["tensorrt-cu12"] and "11.4.0.106" in wanted["tensorrt-cu12"]
+    assert "14.2.0" in wanted["cupy-cuda12x"]

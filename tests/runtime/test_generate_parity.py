@@ -10,7 +10,7 @@ import torch
 
 from builder.model_dir import open_model_dir
 from runtime.errors import PromptTooLongError
-from runtime.generate import TextGenerator
+from runtime.llm_engine import LLMEngine
 from runtime.sampling import SamplingParams
 
 PROMPTS = [
@@ -45,7 +45,7 @@ def hf_greedy(
 
 def test_greedy_equals_hf_one_prompt_at_a_time(built):
     model_dir, engines = built
-    generator = TextGenerator(engines, precision="fp32")
+    generator = LLMEngine(engines, precision="fp32")
     params = SamplingParams(max_tokens=MAX_NEW, stop_token_ids=generator.tokenizer.stop_token_ids)
     for text in PROMPTS:
         ids = generator.tokenizer.encode(text)
@@ -55,7 +55,7 @@ def test_greedy_equals_hf_one_prompt_at_a_time(built):
 
 def test_batch_of_different_lengths_equals_hf(built):
     model_dir, engines = built
-    generator = TextGenerator(engines, precision="fp32")
+    generator = LLMEngine(engines, precision="fp32")
     params = SamplingParams(max_tokens=MAX_NEW, stop_token_ids=generator.tokenizer.stop_token_ids)
     prompts = [generator.tokenizer.encode(text) for text in PROMPTS]
     assert len({len(p) for p in prompts}) >= 3, "the batch must mix prompt lengths"
@@ -65,7 +65,7 @@ def test_batch_of_different_lengths_equals_hf(built):
 
 
 def test_more_prompts_than_max_batch(glm4v_tiny_model, glm4v_tiny_engines):
-    generator = TextGenerator(glm4v_tiny_engines, precision="fp32")
+    generator = LLMEngine(glm4v_tiny_engines, precision="fp32")
     params = SamplingParams(max_tokens=6, stop_token_ids=generator.tokenizer.stop_token_ids)
     prompts = [generator.tokenizer.encode(f"item number {i} is") for i in range(11)]
     results = generator.generate_ids(prompts, params)
@@ -76,7 +76,7 @@ def test_more_prompts_than_max_batch(glm4v_tiny_model, glm4v_tiny_engines):
 
 
 def test_chat_template_stops_at_end_of_turn(smollm2_model, smollm2_engines):
-    generator = TextGenerator(smollm2_engines, precision="fp32")
+    generator = LLMEngine(smollm2_engines, precision="fp32")
     params = SamplingParams(max_tokens=64)
     (completion,) = generator.generate(["What is 2 + 2? Answer in one short sentence."], params, chat=True)
     reference = hf_greedy(smollm2_model, completion.prompt_token_ids, generator.tokenizer.stop_token_ids, 64)
@@ -88,8 +88,8 @@ def test_chat_template_stops_at_end_of_turn(smollm2_model, smollm2_engines):
 
 def test_fp16_engine_tracks_fp32(smollm2_engines):
     """fp16 vs fp32 on a real model, teacher-forced over the same text."""
-    fp32 = TextGenerator(smollm2_engines, precision="fp32")
-    fp16 = TextGenerator(smollm2_engines, precision="fp16")
+    fp32 = LLMEngine(smollm2_engines, precision="fp32")
+    fp16 = LLMEngine(smollm2_engines, precision="fp16")
     ids = fp32.tokenizer.encode(" ".join(PROMPTS[:4]) * 2)
     a, b = fp32.score(ids), fp16.score(ids)
     cosine = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
@@ -98,7 +98,7 @@ def test_fp16_engine_tracks_fp32(smollm2_engines):
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(glm4v_tiny_engines):
-    generator = TextGenerator(glm4v_tiny_engines, precision="fp32")
+    generator = LLMEngine(glm4v_tiny_engines, precision="fp32")
     params = SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=1234, max_tokens=12)
     prompt = generator.tokenizer.encode("Sampling test prompt")
     first = generator.generate_ids([prompt], params)
@@ -108,13 +108,13 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(glm4v_tiny_engine
 
 
 def test_prompt_longer_than_built_maximum_is_refused(glm4v_tiny_engines):
-    generator = TextGenerator(glm4v_tiny_engines, precision="fp32")
+    generator = LLMEngine(glm4v_tiny_engines, precision="fp32")
     with pytest.raises(PromptTooLongError, match="at most"):
         generator.generate_ids([[5] * (generator.limits.max_seq_len + 1)], SamplingParams())
 
 
 def test_generation_stops_at_built_maximum(glm4v_tiny_engines):
-    generator = TextGenerator(glm4v_tiny_engines, precision="fp32")
+    generator = LLMEngine(glm4v_tiny_engines, precision="fp32")
     limit = generator.limits.max_seq_len
     prompt = [7] * (limit - 3)
     ((tokens, reason),) = generator.generate_ids([prompt], SamplingParams(max_tokens=50))

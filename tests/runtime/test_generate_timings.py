@@ -1,15 +1,15 @@
-"""Timings of TextGenerator: each prompt of a batch is charged the engine steps it took part in."""
+"""Timings of LLMEngine: each prompt of a batch is charged the engine steps it took part in."""
 
 from __future__ import annotations
 
 import pytest
 
-from runtime.generate import TextGenerator
+from runtime.llm_engine import LLMEngine
 from runtime.sampling import SamplingParams
 
 
 def test_a_row_that_stops_early_is_charged_only_its_own_steps(glm4v_tiny_engines):
-    generator = TextGenerator(glm4v_tiny_engines, "fp32", threads=1)
+    generator = LLMEngine(glm4v_tiny_engines, "fp32", threads=1)
     a, b = [5, 6, 7], [8, 9]
     alone = generator.generate_timed([a], SamplingParams(max_tokens=8))[0]
     assert alone.timings.generated_tokens == 8 and alone.timings.batch == 1

@@ -12,7 +12,7 @@ from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProce
 
 from builder.export.audio_encoder import load_audio_encoder
 from builder.model_dir import open_model_dir
-from runtime.generate import TextGenerator
+from runtime.llm_engine import LLMEngine
 from runtime.multimodal.image import ImageSpec, letterbox
 from runtime.sampling import SamplingParams
 from tests.conftest import run_cli
@@ -29,15 +29,15 @@ def hf_model(model_dir):
 
 
 @pytest.fixture(scope="module")
-def generator(glm4v_tiny_engines) -> TextGenerator:
-    return TextGenerator(glm4v_tiny_engines, precision="fp32")
+def generator(glm4v_tiny_engines) -> LLMEngine:
+    return LLMEngine(glm4v_tiny_engines, precision="fp32")
 
 
-def _params(generator: TextGenerator) -> SamplingParams:
+def _params(generator: LLMEngine) -> SamplingParams:
     return SamplingParams(max_tokens=MAX_NEW, stop_token_ids=generator.tokenizer.stop_token_ids)
 
 
-def hf_image_greedy(model_dir, generator: TextGenerator, text: str, images: list) -> tuple[list, list, list]:
+def hf_image_greedy(model_dir, generator: LLMEngine, text: str, images: list) -> tuple[list, list, list]:
     """(prompt ids, generated ids, 3-D positions) from Hugging Face, fed the same pixel grid."""
     model = hf_model(model_dir)
     info = generator.manifest.encoders["vision_encoder"]
@@ -93,7 +93,7 @@ def test_image_generation_equals_hf(glm4v_tiny_model, generator, text, names):
     assert ours == reference
 
 
-def reference_audio_greedy(model_dir, generator: TextGenerator, text: str, clip: np.ndarray) -> list[int]:
+def reference_audio_greedy(model_dir, generator: LLMEngine, text: str, clip: np.ndarray) -> list[int]:
     """Our own PyTorch pipeline: HF WhisperFeatureExtractor → HF WhisperEncoder + projector →
     rows over the audio tokens of HF's `inputs_embeds` → HF forward, greedy, no cache."""
     from transformers import WhisperFeatureExtractor
@@ -146,7 +146,7 @@ def test_mixed_batch_equals_each_prompt_alone(generator):
 
 
 def test_encoders_load_lazily_and_unload_when_idle(glm4v_tiny_engines):
-    generator = TextGenerator(glm4v_tiny_engines, precision="fp16")
+    generator = LLMEngine(glm4v_tiny_engines, precision="fp16")
     params = SamplingParams(max_tokens=4)
     generator.generate(["text only"], params)
     assert generator.encoders.loaded == (), "a text-only session loads no encoder"

@@ -11,8 +11,8 @@ import pytest
 
 from runtime.engine_loader import load_engine
 from runtime.errors import PromptTooLongError, RuntimeUserError
-from runtime.generate import TextGenerator
 from runtime.kv import KVCacheManager
+from runtime.llm_engine import LLMEngine
 from runtime.manifest import Manifest
 from runtime.paged_decoder import DecoderLimits, PagedTextDecoder
 from runtime.prompt import PreparedPrompt
@@ -22,8 +22,8 @@ from runtime.scheduler import Scheduler, SchedulerConfig
 
 
 @pytest.fixture(scope="module")
-def reference(glm4v_tiny_engines) -> TextGenerator:
-    return TextGenerator(glm4v_tiny_engines, precision="fp32", threads=1)
+def reference(glm4v_tiny_engines) -> LLMEngine:
+    return LLMEngine(glm4v_tiny_engines, precision="fp32", threads=1)
 
 
 def make_scheduler(engines, kv_blocks: int, max_batch: int = 8) -> Scheduler:

@@ -1,5 +1,6 @@
 """The TensorRT engine's sizing logic, on the CPU: decode block buckets capped at the profile's
-maximum, logits buffers sized for one position per sequence and grown for scoring calls, and the
+maximum, logits buffers sized for one position per sequence and grown for scoring calls, the
+device KV pool bound in place of KV buffers with only the logits copied back, and the
 execution-context allocation strategy. TensorRT and CUDA are absent here: the buffer test runs the
 engine's own bookkeeping against stand-ins that only record calls and report shapes (no kernels
 run, no results are produced by them)."""
@@ -13,7 +14,8 @@ import pytest
 
 from runtime import decoder_io as io
 from runtime.engines import tensorrt as trt_engine
-from runtime.engines.tensorrt_pool import block_bucket, compact_pool
+from runtime.engines.tensorrt_pool import block_bucket, pad_block_tables
+from runtime.kv.pool import SlotMapping
 
 VOCAB = 151_552
 
@@ -29,15 +31,11 @@ def test_block_bucket_stops_at_the_profile_maximum(blocks, limit, bucket):
 
 def test_decode_padding_fits_the_decode_profile():
     batch, blocks, limit = 2, 150, 188
-    rng = np.random.default_rng(0)
-    tables = rng.integers(1, 400, (batch, blocks))
-    pool = np.arange(400, dtype=np.float32).reshape(400, 1, 1, 1)
-    feeds = {io.BLOCK_TABLES: tables, "key_cache.0": pool}
-    packed = compact_pool(feeds, ["key_cache.0"], pad_to_bucket=True, max_blocks=limit)
-    assert packed[io.BLOCK_TABLES].shape == (batch, limit)  # 256 would fit no profile
-    assert packed["key_cache.0"].shape[0] == 1 + batch * limit  # ≤ the profile's 1 + max_batch·limit
-    renumbered = packed[io.BLOCK_TABLES][:, :blocks]
-    np.testing.assert_array_equal(packed["key_cache.0"][renumbered], pool[tables])
+    tables = np.random.default_rng(0).integers(1, 400, (batch, blocks))
+    padded = pad_block_tables(tables, limit)
+    assert padded.shape == (batch, limit)  # 256 would fit no profile
+    np.testing.assert_array_equal(padded[:, :blocks], tables)
+    assert not padded[:, blocks:].any()  # the null block, masked by past_lens
 
 
 def test_logits_buffers_start_at_one_position_per_sequence():
@@ -119,6 +117,7 @@ def test_a_scoring_call_grows_the_logits_buffers(monkeypatch):
     owner = SimpleNamespace(
         engine=SimpleNamespace(get_tensor_profile_shape=lambda name, index: ranges[name]),
         inputs=list(ranges),
+        kv_names=[],
         outputs=[io.LOGITS, io.NEW_KV],
         dtypes={
             io.INPUT_IDS: np.dtype(np.int64),
@@ -145,3 +144,74 @@ def test_a_scoring_call_grows_the_logits_buffers(monkeypatch):
     assert first.closed and runner.staging[io.LOGITS].nbytes == grown.nbytes
     assert contexts[0].addresses[io.LOGITS] == grown.ptr  # rebound before the run
     assert contexts[0].runs == 2
+
+
+class _Pool:
+    """Stands in for DeviceKVPool: fixed per-layer addresses, and a record of scatter launches."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.addresses = {name: 0xA000_0000 + 0x1000 * i for i, name in enumerate(names)}
+        self.scatters = []
+
+    def feeds(self, names):
+        return {name: (self.addresses[name], (9, 16, 1, 4)) for name in names}
+
+    def layer_shape(self):
+        return (9, 16, 1, 4)
+
+    def scatter(self, new_kv_ptr, new_kv_shape, slots_ptr, tokens, stream_ptr):
+        self.scatters.append((new_kv_ptr, new_kv_shape, slots_ptr, tokens))
+
+
+def test_a_decoder_step_binds_the_device_pool_and_copies_back_only_logits(monkeypatch):
+    uploads, downloads = [], []
+    monkeypatch.setattr(trt_engine.cuda, "DeviceBuffer", _Buffer)
+    monkeypatch.setattr(trt_engine.cuda, "PinnedArray", _Buffer)
+    monkeypatch.setattr(
+        trt_engine.cuda, "copy_to_device", lambda dst, src, stream: uploads.append((dst, src.copy()))
+    )
+    monkeypatch.setattr(trt_engine.cuda, "copy_to_host", lambda dst, src, stream: downloads.append(src))
+    kv = ["key_cache.0", "value_cache.0"]
+    ranges = {
+        io.INPUT_IDS: [(1, 1), (4, 1), (4, 1)],
+        io.LOGIT_INDEX: [(1, 1), (4, 1), (4, 1)],
+        **{name: [(1, 16, 1, 4), (9, 16, 1, 4), (9, 16, 1, 4)] for name in kv},
+    }
+    contexts = []
+
+    def new_context(profile, shapes):
+        contexts.append(_Context(shapes))
+        return contexts[-1]
+
+    owner = SimpleNamespace(
+        engine=SimpleNamespace(get_tensor_profile_shape=lambda name, index: ranges[name]),
+        inputs=list(ranges),
+        kv_names=kv,
+        outputs=[io.LOGITS, io.NEW_KV],
+        dtypes={
+            io.INPUT_IDS: np.dtype(np.int64),
+            io.LOGIT_INDEX: np.dtype(np.int64),
+            io.LOGITS: np.dtype(np.float32),
+            io.NEW_KV: np.dtype(np.float16),
+            **{name: np.dtype(np.float16) for name in kv},
+        },
+        stream=SimpleNamespace(ptr=0, synchronize=lambda: None),
+        new_context=new_context,
+    )
+    runner = trt_engine._ProfileRunner(owner, 1, cuda_graphs=False)
+    assert not set(kv) & set(runner.device)  # no KV buffers of its own
+    pool = _Pool(kv)
+    owner.pool = pool
+    runner.bind_pool(pool)
+    assert all(contexts[0].addresses[name] == pool.addresses[name] for name in kv)
+
+    slots = SlotMapping.build([(np.array([3]), np.array([5])), (np.array([7]), np.array([0]))])
+    feeds = {io.INPUT_IDS: np.array([[11], [12]]), io.LOGIT_INDEX: np.zeros((2, 1), np.int64)}
+    shapes = {io.INPUT_IDS: (2, 1), io.LOGIT_INDEX: (2, 1), **{name: pool.layer_shape() for name in kv}}
+    logits = runner.run_step(feeds, shapes, slots)
+    assert logits.shape == (2, 1, VOCAB)
+    assert downloads == [runner.device[io.LOGITS].ptr]  # new_kv stays on the device
+    sent = dict(uploads)
+    np.testing.assert_array_equal(sent[runner.slots.ptr], [[0, 1], [0, 0], [3, 7], [5, 0]])
+    assert set(sent) == {runner.slots.ptr, runner.device[io.INPUT_IDS].ptr, runner.device[io.LOGIT_INDEX].ptr}
+    assert pool.scatters == [(runner.device[io.NEW_KV].ptr, (2, 2, 2, 1, 1, 4), runner.slots.ptr, 2)]

@@ -82,13 +82,13 @@ def _feeds(entry, manifest, rng) -> dict[str, np.ndarray]:
 
 
 def test_cuda_graph_replay_generates_the_same_tokens(trt_engines):
-    from runtime.generate import TextGenerator
+    from runtime.llm_engine import LLMEngine
     from runtime.sampling import SamplingParams
 
     prompts = ["The capital of France is", "Open the settings app and"]
     runs = []
     for graphs in (True, False):
-        generator = TextGenerator(trt_engines, precision="fp16")
+        generator = LLMEngine(trt_engines, precision="fp16")
         generator.decoder.engine.profiles[-1].cuda_graphs = graphs  # profile 1 = decode
         completions = generator.generate(prompts, SamplingParams(max_tokens=24))
         runs.append([c.token_ids for c in completions])
@@ -100,14 +100,14 @@ def test_cuda_graph_replay_generates_the_same_tokens(trt_engines):
 def test_scoring_matches_onnx_runtime(trt_engines, glm4v_tiny_engines):
     """Logits at every position of one sequence: more than the prefill profile's logits buffers
     first hold (one position per sequence), so they grow for this call."""
-    from runtime.generate import TextGenerator
+    from runtime.llm_engine import LLMEngine
 
     tokens = list(range(3, 3 + 40))
-    trt = TextGenerator(trt_engines, precision="fp16")
+    trt = LLMEngine(trt_engines, precision="fp16")
     runner = trt.decoder.engine.profiles[0]
     first = runner.device["logits"].nbytes
     got = trt.score(tokens)
-    want = TextGenerator(glm4v_tiny_engines, precision="fp16").score(tokens)
+    want = LLMEngine(glm4v_tiny_engines, precision="fp16").score(tokens)
     assert runner.device["logits"].nbytes > first
     atol, rtol = TOLERANCE["fp16"]
     assert got.shape == want.shape
@@ -116,7 +116,7 @@ def test_scoring_matches_onnx_runtime(trt_engines, glm4v_tiny_engines):
 
 def test_int4_decoder_plan_takes_the_fp16_kv_pool(tmp_path_factory, glm4v_tiny_model, glm4v_tiny_engines):
     """int4 graphs are quantized from the fp32 export; the plan still reads and writes fp16 K/V."""
-    from runtime.generate import TextGenerator
+    from runtime.llm_engine import LLMEngine
     from runtime.sampling import SamplingParams
 
     out = tmp_path_factory.mktemp("trt-int4") / "glm4v-tiny"
@@ -125,8 +125,8 @@ def test_int4_decoder_plan_takes_the_fp16_kv_pool(tmp_path_factory, glm4v_tiny_m
             "--precision", "int4", "--int4-method", "rtn")  # fmt: skip
     entry = Manifest.load(out).entry("text_decoder", "int4")
     assert entry.report["onnx"] == "text_decoder.int4.fp16kv.onnx"
-    generator = TextGenerator(out, precision="int4")
+    generator = LLMEngine(out, precision="int4")
     assert generator.decoder.engine.input_dtypes["key_cache.0"] == np.float16
-    assert generator.decoder.pool.dtype == np.float16
+    assert generator.decoder.pool.spec.dtype == np.float16
     (completion,) = generator.generate(["The capital of France is"], SamplingParams(max_tokens=8))
     assert len(completion.token_ids) > 0

@@ -1,6 +1,6 @@
 """The OpenAI API through the real gateway and tritonserver, with the `openai` client.
 
-Expected texts come from the static generator (runtime/generate.py, itself checked token for
+Expected texts come from the static generator (runtime/llm_engine.py, itself checked token for
 token against Hugging Face) on the same rendered prompt, greedy.
 """
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from runtime.generate import TextGenerator
+from runtime.llm_engine import LLMEngine
 from runtime.reasoning import ReasoningSplitter, ThinkTokens
 from runtime.sampling import SamplingParams
 
@@ -30,8 +30,8 @@ def glm4v(glm4v_server):
 
 
 @functools.cache
-def generator_for(engines) -> TextGenerator:
-    return TextGenerator(engines, threads=1)
+def generator_for(engines) -> LLMEngine:
+    return LLMEngine(engines, threads=1)
 
 
 def reference(engines, messages, max_tokens, **template_kwargs):

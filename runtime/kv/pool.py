@@ -1,0 +1,112 @@
+"""The K/V memory of one decoder engine, allocated where the engine computes, and the slot mapping
+that says where a call's new K/V go.
+
+The block bookkeeping (runtime/kv/manager.py) decides which blocks a sequence owns; a `KVPool`
+holds the tensors. An engine backend creates its pool (`Engine.create_kv_pool`): host memory for
+ONNX Runtime on the CPU (`HostKVPool`, here), one device allocation for TensorRT and ONNX Runtime
+with CUDA (runtime/engines/device_kv_pool.py). The decoder hands each call's `SlotMapping` to the
+engine, which writes the call's `new_kv` into its pool in place; the decoder never touches pool
+memory, so a device pool never crosses to the host.
+
+Layout: one array [L, 2, NB, bs, KVH, D] (tokens-major blocks), or [L, 2, NB, KVH, bs, D]
+(heads-major: fused ONNX Runtime engines); `layer(i, j)` is layer i's K (j=0) or V (j=1), a
+contiguous [NB, …] slab, which is what engines with per-layer KV inputs bind.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import decoder_io as io
+
+
+@dataclass(frozen=True)
+class KVPoolSpec:
+    num_layers: int
+    num_blocks: int  # block 0 is the null block (padding of block tables)
+    block_size: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: np.dtype
+    heads_major: bool = False
+
+    @property
+    def block_shape(self) -> tuple[int, int, int]:
+        tokens, heads = self.block_size, self.num_kv_heads
+        return (heads, tokens, self.head_dim) if self.heads_major else (tokens, heads, self.head_dim)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.num_layers, 2, self.num_blocks, *self.block_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class SlotMapping:
+    """For each new token t of a call: its place in `new_kv` [L, 2, B, S, KVH, D] (row, col) and in
+    the pool (block, offset within the block). All int64 [T], host arrays."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    blocks: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def build(cls, per_row: list[tuple[np.ndarray, np.ndarray]]) -> SlotMapping:
+        """From each row's (block ids, offsets) of its new tokens, in row order."""
+        rows = [np.full(len(blocks), row, np.int64) for row, (blocks, _) in enumerate(per_row)]
+        cols = [np.arange(len(blocks), dtype=np.int64) for blocks, _ in per_row]
+        return cls(
+            np.concatenate(rows),
+            np.concatenate(cols),
+            np.concatenate([b for b, _ in per_row]).astype(np.int64),
+            np.concatenate([o for _, o in per_row]).astype(np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class KVPool(ABC):
+    spec: KVPoolSpec
+
+    @abstractmethod
+    def feeds(self, input_names: list[str]) -> dict:
+        """The pool as the engine's KV inputs: `kv_pool` whole, or each layer's K and V."""
+
+    @abstractmethod
+    def write(self, new_kv, slots: SlotMapping) -> None:
+        """Scatter a call's new K/V [L, 2, B, S, KVH, D] (in the pool's memory space) into the
+        slots the mapping names."""
+
+
+class HostKVPool(KVPool):
+    """A numpy pool. np.zeros maps pages lazily: a full-capacity pool costs memory only for the
+    blocks that are written."""
+
+    def __init__(self, spec: KVPoolSpec) -> None:
+        self.spec = spec
+        self.array = np.zeros(spec.shape, spec.dtype)
+
+    def layer(self, index: int, kv: int) -> np.ndarray:
+        return self.array[index, kv]
+
+    def feeds(self, input_names: list[str]) -> dict[str, np.ndarray]:
+        if io.KV_POOL in input_names:
+            return {io.KV_POOL: self.array}
+        return {
+            name: self.array[i // 2, i % 2] for i, name in enumerate(io.kv_input_names(self.spec.num_layers))
+        }
+
+    def write(self, new_kv: np.ndarray, slots: SlotMapping) -> None:
+        picked = new_kv[:, :, slots.rows, slots.cols]  # [L, 2, T, KVH, D]
+        if self.spec.heads_major:  # the indexed axes come first: [T, L, 2, KVH, D]
+            self.array[:, :, slots.blocks, :, slots.offsets] = np.moveaxis(picked, 2, 0)
+        else:
+            self.array[:, :, slots.blocks, slots.offsets] = picked
