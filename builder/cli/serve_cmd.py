@@ -28,6 +28,21 @@ def serve(
         str | None,
         typer.Option(envvar="AUTOGLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."),
     ] = None,
+    jwt_jwks: Annotated[
+        str | None,
+        typer.Option(
+            help="Accept OAuth2 bearer JWTs (RS256/ES256) signed by this JSON Web Key Set, a file "
+            "or an https:// URL; needs --jwt-issuer and --jwt-audience. With --api-key, either works."
+        ),
+    ] = None,
+    jwt_issuer: Annotated[str | None, typer.Option(help="The `iss` a bearer JWT must carry.")] = None,
+    jwt_audience: Annotated[str | None, typer.Option(help="The `aud` a bearer JWT must carry.")] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile.")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option(help="The certificate's PEM private key (unencrypted).")
+    ] = None,
     allow_local_media: Annotated[
         bool, typer.Option(help="Let image_url / input_audio name files on this machine.")
     ] = False,
@@ -74,6 +89,11 @@ def serve(
             port=port,
             grpc_port=grpc_port,
             api_key=api_key,
+            jwt_jwks=jwt_jwks,
+            jwt_issuer=jwt_issuer,
+            jwt_audience=jwt_audience,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
             allow_local_media=allow_local_media,
             threads=threads,
             kv_blocks=kv_blocks,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.errors import PromptTooLongError
+from runtime.gateway.auth import Access, BearerAuth
 from runtime.gateway.config import GatewayConfig
 from runtime.gateway.errors import (
     APIError,
@@ -58,7 +60,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         message, param = describe_validation(error.errors())
         return error_response(APIError(422, message, param=param))
 
-    app.add_middleware(Guard, config=config, metrics=metrics)
+    guarded = config
+    if config.jwt is not None:  # auth.py takes the API key too: either one lets a request in
+        app.add_middleware(BearerAuth, access=Access(config.api_key, config.jwt))
+        guarded = replace(config, api_key=None)
+    app.add_middleware(Guard, config=guarded, metrics=metrics)
 
     @app.get("/health")
     async def health():

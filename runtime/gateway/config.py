@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runtime.server.prompting import PromptLimits
+
+if TYPE_CHECKING:
+    from runtime.gateway.auth import JWTVerifier
 
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is a 431
 
@@ -17,6 +21,7 @@ class GatewayConfig:
     llm_model: str = "llm"  # the Triton model that generates
     encoder_models: tuple[str, ...] = ()  # encoder models loaded beside it (for /health)
     api_key: str | None = None  # bearer token required on /v1/* when set
+    jwt: JWTVerifier | None = None  # OAuth2 bearer JWTs accepted on /v1/* when set (or the api_key)
     allow_local_media: bool = False  # image_url / input_audio may name a local file
     max_body_bytes: int = 32 * 1024 * 1024  # larger requests get 413
     max_header_bytes: int = MAX_HEADER_BYTES

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.errors import RuntimeUserError
 from runtime.engine_loader import choose_component_precision
+from runtime.errors import RuntimeUserError
 from runtime.manifest import Manifest
 from runtime.server.triton_process import TritonServer
 
@@ -48,6 +49,11 @@ class ServeConfig:
     threads: int = 0
     kv_blocks: int = 0  # 0: room for 8 sequences of the engines' max_seq_len
     served_names: tuple[str, ...] = ()  # names clients pass as `model`; () = the engines' name
+    jwt_jwks: str | None = None  # JSON Web Key Set (file or http(s) URL): bearer JWTs accepted
+    jwt_issuer: str | None = None  # the `iss` those tokens must carry
+    jwt_audience: str | None = None  # the `aud` they must carry
+    ssl_certfile: Path | None = None  # PEM certificate (chain): the gateway serves HTTPS
+    ssl_keyfile: Path | None = None  # its PEM private key, unencrypted
 
 
 def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
@@ -86,17 +92,75 @@ def prompt_limits(manifest: Manifest, engines_dir: Path) -> PromptLimits | None:
     return PromptLimits(max_seq_len, token_chars) if token_chars and max_seq_len else None
 
 
+def tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
+    """uvicorn's ssl_certfile / ssl_keyfile, checked now (readable PEM files, the key unencrypted
+    and matching the certificate) so a bad pair fails before Triton starts, not when the gateway binds."""
+    if certfile is None and keyfile is None:
+        return {}
+    if certfile is None or keyfile is None:
+        given, missing = (
+            ("--ssl-certfile", "--ssl-keyfile") if certfile else ("--ssl-keyfile", "--ssl-certfile")
+        )
+        raise RuntimeUserError(
+            f"{given} needs {missing}: HTTPS takes a certificate (chain) and its private key, both PEM files"
+        )
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+    pem = {}
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        try:
+            pem[flag] = path.read_bytes()
+        except OSError as error:
+            raise RuntimeUserError(
+                f"{flag} {path}: cannot read it ({error.strerror}); check the path"
+            ) from None
+    try:
+        certificate = x509.load_pem_x509_certificates(pem["--ssl-certfile"])[0]
+    except ValueError:
+        raise RuntimeUserError(
+            f"--ssl-certfile {certfile}: no PEM certificate in it (a '-----BEGIN CERTIFICATE-----' block)"
+        ) from None
+    try:
+        key = load_pem_private_key(pem["--ssl-keyfile"], password=None)
+    except TypeError:  # encrypted: uvicorn would prompt for the passphrase on the terminal
+        raise RuntimeUserError(
+            f"--ssl-keyfile {keyfile}: the key is encrypted; give it unencrypted "
+            f"(openssl pkey -in {keyfile} -out key.pem) and keep that file private"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise RuntimeUserError(
+            f"--ssl-keyfile {keyfile}: no PEM private key in it (a '-----BEGIN PRIVATE KEY-----' block)"
+        ) from None
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise RuntimeUserError(
+            f"--ssl-keyfile {keyfile} is not the key of the certificate in --ssl-certfile {certfile}"
+        )
+    try:  # what uvicorn will do, for anything the checks above let through
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except ssl.SSLError as error:
+        raise RuntimeUserError(
+            f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: TLS refuses them ({error})"
+        ) from None
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+
+
 def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     import psutil
     import uvicorn
 
     from runtime.gateway.app import create_app
+    from runtime.gateway.auth import jwt_verifier
     from runtime.gateway.config import GatewayConfig
     from runtime.gateway.http_protocol import GatewayH11Protocol
 
     # The gateway's warnings (refused requests, model-server failures) carry request ids: give
     # them a time and a source. Triton's side goes to its own log (printed at start).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verifier = jwt_verifier(config.jwt_jwks, config.jwt_issuer, config.jwt_audience)  # before any work
+    tls = tls_files(config.ssl_certfile, config.ssl_keyfile)
     manifest = Manifest.load(config.engines_dir)
     precision = choose_component_precision(manifest, "text_decoder", config.precision)
     if not (config.repo_dir / "llm" / "config.pbtxt").is_file():
@@ -120,6 +184,7 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
             encoder_models=tuple(m for m in models if m != "llm"),
             served_names=config.served_names,
             api_key=config.api_key,
+            jwt=verifier,
             allow_local_media=config.allow_local_media,
             prompt_limits=prompt_limits(manifest, config.engines_dir),
         )
@@ -131,6 +196,7 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
                 log_level="warning",
                 http=GatewayH11Protocol,
                 h11_max_incomplete_event_size=gateway.max_header_bytes,
+                **tls,
             )
         )
 
@@ -144,7 +210,8 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
                 f"gateway {_mib(psutil.Process().memory_info().rss)}"
             )
             say(f"  triton log    {log_path}")
-            say(f"  OpenAI API    http://{config.host}:{port}/v1  (also /health, /metrics)")
+            scheme = "https" if tls else "http"
+            say(f"  OpenAI API    {scheme}://{config.host}:{port}/v1  (also /health, /metrics)")
             say("ready; Ctrl-C to stop")
 
         threading.Thread(target=_watch, args=(triton, server, say), daemon=True).start()
