@@ -2,7 +2,7 @@
 
 Order of work (each stage adds to the report, so an interrupt keeps what finished):
   1. text decoder: prefill at each prompt length, decode of one token at each batch and context
-     (interleaved)
+     (interleaved); decode also reports CPU time and RAPL energy per token (runtime/power/energy.py)
   2. encoders: one call at each batch (interleaved); embeddings of the largest batch vs fp32
   3. text accuracy against fp32 (builder/bench/accuracy.py)
   4. peak RSS per engine, each in a fresh process (builder/bench/memory.py)
@@ -23,6 +23,7 @@ from builder.bench.stats import summarize, time_interleaved
 from runtime.errors import RuntimeUserError
 from runtime.llm_engine import COMPONENT as TEXT
 from runtime.manifest import Manifest
+from runtime.power.energy import EnergyMeter, RaplCounters
 
 REFERENCE = "fp32"
 
@@ -53,6 +54,7 @@ class EngineReport:
     results: list[dict] = field(default_factory=list)  # component × precision × phase × batch × seq × context
     accuracy: list[dict] = field(default_factory=list)
     roofline: dict | None = None
+    energy: dict | None = None  # how decode CPU time and energy per token were measured, or why not
     interrupted: bool = False
 
     def as_dict(self) -> dict:
@@ -97,6 +99,8 @@ def _rows(
                 "repeats": s.count,
                 "tokens_per_s": round(tokens / (p50 / 1000), 2),  # from the reported median
                 "peak_rss_mb": None,  # filled by the memory stage
+                "cpu_ms_per_token": None,  # decode: filled by _per_token
+                "energy_mj_per_token": None,
             }
         )
     return rows
@@ -107,6 +111,31 @@ def _measure(report: EngineReport, cfg: EngineBenchConfig, log, label: str, rows
     rows = rows_of(samples)
     report.results += rows
     log(f"{label}: " + "  ".join(f"{r['precision']} {r['p50_ms']:.2f} ms" for r in rows))
+
+
+def _metered(meter: EnergyMeter, run: Callable[[], object], skip: int) -> Callable[[], object]:
+    """`run` inside `meter`, except its first `skip` calls (time_interleaved's warm-up)."""
+    calls = 0
+
+    def call():
+        nonlocal calls
+        calls += 1
+        if calls <= skip:
+            return run()
+        with meter:
+            return run()
+
+    return call
+
+
+def _per_token(rows: list[dict], meters: dict[str, EnergyMeter], tokens_per_call: int) -> list[dict]:
+    for row in rows:
+        meter = meters[row["precision"]]
+        tokens = meter.blocks * tokens_per_call
+        energy = meter.energy_j
+        row["cpu_ms_per_token"] = round(meter.cpu_s * 1000 / tokens, 4)
+        row["energy_mj_per_token"] = None if energy is None else round(energy * 1000 / tokens, 4)
+    return rows
 
 
 def bench_text(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest, log) -> None:
@@ -121,11 +150,35 @@ def bench_text(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest,
             runs = {p: text_cases.prefill_case(g, batch, seq) for p, g in llms.items()}
             rows_of = lambda s, b=batch, n=seq: _rows(TEXT, "prefill", b, n, s)  # noqa: E731
             _measure(report, cfg, log, f"text_decoder prefill b{batch} s{seq}", rows_of, runs)
-    for context in cfg.contexts:
-        for batch in cfg.batches:
-            runs = {p: text_cases.decode_case(g, batch, context) for p, g in llms.items()}
-            rows_of = lambda s, b=batch, c=context: _rows(TEXT, "decode", b, 1, s, c)  # noqa: E731
-            _measure(report, cfg, log, f"text_decoder decode b{batch} c{context}", rows_of, runs)
+    _bench_decode(report, cfg, llms, log)
+
+
+def _bench_decode(report: EngineReport, cfg: EngineBenchConfig, llms: dict, log) -> None:
+    """Decode latency, plus CPU time and RAPL energy per token of the timed calls."""
+    rapl = RaplCounters()
+    if not rapl.readable:
+        log(f"decode energy per token: not measured: {rapl.note}")
+    try:
+        for context in cfg.contexts:
+            for batch in cfg.batches:
+                meters = {p: EnergyMeter(rapl) for p in llms}
+                runs = {
+                    p: _metered(meters[p], text_cases.decode_case(g, batch, context), cfg.warmup)
+                    for p, g in llms.items()
+                }
+                rows_of = lambda s, b=batch, c=context, m=meters: _per_token(  # noqa: E731
+                    _rows(TEXT, "decode", b, 1, s, c), m, b
+                )
+                _measure(report, cfg, log, f"text_decoder decode b{batch} c{context}", rows_of, runs)
+    finally:
+        report.energy = {
+            "cpu": "process CPU time (all threads) of the timed decode calls / tokens generated",
+            "energy": "RAPL package energy of the timed decode calls / tokens generated (the whole "
+            "package: other processes count too)",
+            "rapl_zones": list(rapl.zones),
+            "note": rapl.note,  # why energy_mj_per_token is null, when it is
+        }
+        rapl.close()
 
 
 def bench_encoder(

@@ -85,10 +85,43 @@ def roofline_lines(report: dict) -> list[str]:
     return lines
 
 
+def energy_table(report: dict) -> Table | None:
+    """Decode CPU time and energy per generated token, per precision (None: no decode rows)."""
+    rows = [r for r in report["results"] if r.get("cpu_ms_per_token") is not None]
+    if not rows:
+        return None
+    precisions = ordered({r["precision"] for r in rows})
+    table = Table(title="Decode cost per generated token: process CPU ms (all threads) and RAPL package mJ")
+    for name in ("B", "ctx"):
+        table.add_column(name, justify="right")
+    for p in precisions:
+        table.add_column(f"{p} CPU ms", justify="right")
+        table.add_column(f"{p} mJ", justify="right")
+    cases: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        cases.setdefault((row["batch"], row["context"]), {})[row["precision"]] = row
+    for (batch, context), by_precision in cases.items():
+        cells = [str(batch), str(context)]
+        for p in precisions:
+            row = by_precision.get(p)
+            cells += [
+                _fmt(row and row["cpu_ms_per_token"], ".3f"),
+                _fmt(row and row["energy_mj_per_token"], ".1f"),
+            ]
+        table.add_row(*cells)
+    return table
+
+
 def print_engine_report(report: dict) -> None:
     out = console()
     if report["results"]:
         out.print(latency_table(report))
+    energy = energy_table(report)
+    if energy is not None:
+        out.print(energy)
+        note = (report.get("energy") or {}).get("note")
+        if note:
+            out.print(f"Energy per token not measured (—): {note}")
     out.print(engines_table(report))
     for line in roofline_lines(report):
         out.print(line)

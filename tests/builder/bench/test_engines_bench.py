@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from builder.bench.engines import EngineBenchConfig, run_engine_bench
+from builder.bench.tables import print_engine_report
 from builder.cli.bench_cmd import int_list
 from runtime.errors import RuntimeUserError
 from tests.conftest import CLI, run_cli
@@ -67,6 +68,10 @@ def test_results_cover_every_component_precision_and_case(bench_run):
     assert "text_decoder prefill b1 s8:" in result.stderr  # progress, with timings
     assert "int8/fp32" in result.stdout and "text_decoder decode b2 c20:" in result.stderr
     assert "ctx    20:" in result.stdout  # the roofline line of each context
+    decode = [r for r in rows if r["phase"] == "decode"]
+    assert (
+        all(r["cpu_ms_per_token"] > 0 for r in decode) and "Decode cost per generated token" in result.stdout
+    )
 
 
 @pytest.mark.slow
@@ -129,6 +134,31 @@ def test_plot_and_markdown_report(bench_run):
     assert "](../engines.png)" in markdown  # linked relative to the report
     first = report["results"][0]
     assert f"| {first['p50_ms']:.2f} | {first['p90_ms']:.2f} | {first['p99_ms']:.2f} |" in markdown
+
+
+def test_decode_cpu_time_and_energy_per_token(glm4v_tiny_engines, capsys):
+    cfg = EngineBenchConfig(glm4v_tiny_engines, components=("text_decoder",), prompt_lengths=(8,), batches=(1, 2),
+                            contexts=(4,), repeats=3, threads=1, accuracy=False, memory=False, bandwidth_mb=16)  # fmt: skip
+    report = run_engine_bench(cfg, log=print).as_dict()
+    decode = [r for r in report["results"] if r["phase"] == "decode"]
+    assert {(r["precision"], r["batch"]) for r in decode} == {
+        (p, b) for p in ("fp32", "fp16") for b in (1, 2)
+    }
+    for row in report["results"]:
+        if row["phase"] != "decode":
+            assert row["cpu_ms_per_token"] is None and row["energy_mj_per_token"] is None
+    energy = report["energy"]
+    for row in decode:
+        assert 0 < row["cpu_ms_per_token"] < 10_000
+        assert (row["energy_mj_per_token"] is None) == (not energy["rapl_zones"])
+        if row["energy_mj_per_token"] is not None:
+            assert row["energy_mj_per_token"] > 0
+    assert (energy["note"] is None) == bool(energy["rapl_zones"])  # null energy comes with a reason
+    print_engine_report(report)
+    out = capsys.readouterr().out
+    assert "Decode cost per generated token" in out and "fp16 CPU ms" in out
+    if energy["note"]:
+        assert "decode energy per token: not measured" in out and "Energy per token not measured" in out
 
 
 def test_user_errors_before_any_work(glm4v_tiny_engines):
