@@ -5,12 +5,27 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from runtime.logprobs import TokenLogprobs
 from runtime.prompt import PreparedPrompt
 from runtime.sampling import SamplingParams, make_generator
+
+
+class TokenConstraint(Protocol):
+    """Which tokens may come next (runtime/constraints.py: a grammar matcher per request)."""
+
+    def mask(self, logits: np.ndarray) -> None:
+        """Set the logits [V] of every token the grammar forbids now to -inf, in place."""
+
+    def accept(self, token_id: int) -> None:
+        """Advance past a sampled token (one the mask allowed)."""
+
+    @property
+    def finished(self) -> bool:
+        """The output is complete: only a stop token may follow."""
 
 
 class RequestStatus(enum.Enum):
@@ -37,6 +52,8 @@ class Request:
     num_cached_prompt: int = 0  # prompt tokens served by the prefix cache at admission
     finish_reason: str | None = None
     arrival: float = field(default_factory=time.monotonic)
+    logprobs: int | None = None  # None: off; n: the sampled token's logprob and the n most likely
+    constraint: TokenConstraint | None = None  # a grammar the output must follow
 
     def __post_init__(self) -> None:
         if self.generator is None and not self.params.greedy:
@@ -66,6 +83,7 @@ class TokenEvent(NamedTuple):
     request_id: str
     token_id: int
     finish_reason: str | None  # None, "stop" (a stop token, included here) or "length"
+    logprobs: TokenLogprobs | None = None  # when the request asks for them
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ class SamplingParams:
     seed: int | None = None  # None = fresh OS entropy (not reproducible)
     max_tokens: int = 128
     stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: float = 0.0  # OpenAI's: minus this from every token already generated
+    frequency_penalty: float = 0.0  # minus this times how often the token was generated
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -46,8 +52,21 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be None or an int >= 0, got {self.seed!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+                raise ValueError(f"{name} must be a number from -2 to 2, got {value!r}")
         if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
             raise ValueError(f"stop_token_ids must be a tuple of token ids >= 0, got {self.stop_token_ids!r}")
+
+
+def apply_penalties(logits: np.ndarray, generated: list[int], params: SamplingParams) -> None:
+    """OpenAI's presence and frequency penalties on one row [V], in place, from the tokens the
+    request has generated so far (not its prompt)."""
+    if not (params.penalised and generated):
+        return
+    tokens, counts = np.unique(np.asarray(generated, np.int64), return_counts=True)
+    logits[tokens] -= params.frequency_penalty * counts + params.presence_penalty
 
 
 def make_generator(seed: int | None) -> np.random.Generator:

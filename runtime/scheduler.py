@@ -20,9 +20,10 @@ import numpy as np
 
 from runtime.errors import PromptTooLongError, RuntimeUserError
 from runtime.kv import KVCacheManager
+from runtime.logprobs import token_logprobs
 from runtime.paged_decoder import PagedTextDecoder
 from runtime.request import Request, RequestStatus, SchedulerStats, TokenEvent
-from runtime.sampling import Sampler
+from runtime.sampling import Sampler, apply_penalties
 
 
 @dataclass(frozen=True)
@@ -157,20 +158,31 @@ class Scheduler:
         return self._sample(batch, logits)
 
     def _sample(self, batch: list[Request], logits: np.ndarray) -> list[TokenEvent]:
+        # Logprobs come from the raw logits; grammar masks apply to what is sampled.
+        raw = {i: logits[i].copy() for i, r in enumerate(batch) if r.logprobs is not None}
+        for i, request in enumerate(batch):
+            apply_penalties(logits[i], request.output_ids, request.params)
+            if request.constraint is not None:
+                request.constraint.mask(logits[i])
         tokens = self.sampler.sample(logits, [r.params for r in batch], [r.generator for r in batch])
         events = []
-        for request, token in zip(batch, tokens.tolist(), strict=True):
+        for i, (request, token) in enumerate(zip(batch, tokens.tolist(), strict=True)):
             request.output_ids.append(token)
+            if request.constraint is not None and token not in request.params.stop_token_ids:
+                request.constraint.accept(token)
             reason = self._finish_reason(request, token)
             if reason is not None:
                 request.finish_reason = reason
                 self._finish(request)
-            events.append(TokenEvent(request.request_id, token, reason))
+            scores = token_logprobs(raw[i], token, request.logprobs) if i in raw else None
+            events.append(TokenEvent(request.request_id, token, reason, scores))
         return events
 
     def _finish_reason(self, request: Request, token: int) -> str | None:
         if token in request.params.stop_token_ids:
             return "stop"
+        if request.constraint is not None and request.constraint.finished:
+            return "stop"  # the grammar is complete: its answer is whole
         total = request.num_prompt + len(request.output_ids)
         if len(request.output_ids) >= request.params.max_tokens or total >= self.config.max_seq_len:
             return "length"

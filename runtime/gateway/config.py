@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.power.policy import PowerPolicy
 from runtime.server.prompting import PromptLimits
 
 if TYPE_CHECKING:
     from runtime.gateway.auth import JWTVerifier
 
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers; more is a 431
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    """`serve --power-policy`: what the gateway's power monitor reads and chooses from."""
+
+    policy: PowerPolicy
+    built: tuple[str, ...]  # the text decoder's built precisions
+    precision: str  # the one served at start
+    sysfs_root: Path = Path("/sys")
+    interval_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,8 @@ class GatewayConfig:
     prompt_limits: PromptLimits | None = None  # None: the llm model alone measures prompts
     default_chat_max_tokens: int | None = None  # None: up to the engines' limit
     default_completion_max_tokens: int = 16  # OpenAI's default for /v1/completions
+    tool_format: str = "json"  # how the model writes tool calls: runtime/tool_format.py
+    power: PowerSettings | None = None  # None: no power policy
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from runtime.gateway.disconnect import ClientGone, EventStream, until_disconnect
 from runtime.gateway.errors import APIError, error_body
 from runtime.gateway.metrics import GatewayMetrics
-from runtime.gateway.responses import DONE, Completion, sse
+from runtime.gateway.power_gate import Admission, PowerGate
+from runtime.gateway.responses import DONE, ChoiceResult, Completion, sse
 from runtime.gateway.triton_llm import Chunk, LLMUnavailable, LLMUserError, TritonLLM
 from runtime.server.wire import GenerateRequest
 
@@ -69,80 +71,184 @@ async def _next(chunks: AsyncIterator[Chunk], request_id: str) -> Chunk:
         raise APIError(503, "the model server closed the stream without an answer") from None
 
 
+class PlainText:
+    """The identity output parser: content passes through as it comes (see tool_calls.py for the
+    parser that turns a model's tool-call text into `tool_calls`)."""
+
+    def push(self, content: str) -> tuple[str, list[dict]]:
+        return content, []
+
+    def finish(self, finish_reason: str) -> tuple[str, list[dict], str]:
+        return "", [], finish_reason
+
+
+def merged_usage(infos: list[dict]) -> dict:
+    """Usage of `n` choices of one prompt: the prompt once, every choice's completion tokens."""
+    return {
+        "prompt_tokens": infos[0].get("prompt_tokens", 0),
+        "completion_tokens": sum(i.get("completion_tokens", 0) for i in infos),
+        "cached_tokens": max(i.get("cached_tokens", 0) for i in infos),
+        "precision": infos[0].get("precision"),
+    }
+
+
 async def respond(
     receive,
     llm: TritonLLM,
-    wire: GenerateRequest,
+    wires: list[GenerateRequest],
     images: list[bytes],
     audios: list[bytes],
     shape: Completion,
     stream: bool,
     include_usage: bool,
     metrics: GatewayMetrics,
+    parser=PlainText,
+    gate: PowerGate | None = None,
 ) -> Response:
-    """A JSONResponse, or an EventStream whose first chunk has already arrived (so a bad request
-    still gets its 400 before any SSE bytes are sent). A client that leaves while the request
-    waits for its first token, or for a whole answer, cancels it (`receive` tells)."""
+    """A JSONResponse, or an EventStream whose first chunks have already arrived (so a bad request
+    still gets its 400 before any SSE bytes are sent). One generation per wire request (`n`
+    choices): the first runs alone until its first token, so its prompt's KV blocks are cached
+    and the others reuse them. A client that leaves while the request waits for its first token,
+    or for a whole answer, cancels it (`receive` tells). `parser` makes each choice's output
+    parser (tool calls). `gate` (a power policy) may hold the request back, and sets its precision
+    and caps."""
     timing = _Timing(metrics)
-    rid = wire.request_id
-    chunks = _counted(llm.generate(wire, images, audios), metrics)
+    rid = wires[0].request_id
+    try:
+        admission = await until_disconnect(receive, (gate or PowerGate(None)).admit(wires))
+    except ClientGone:
+        log.info("request %s: the client left while the request waited to be admitted", rid)
+        return Response(status_code=CLIENT_CLOSED)
+    wires = admission.wires
+    streams = [_counted(llm.generate(wire, images, audios), metrics) for wire in wires]
 
-    async def opening() -> Chunk | dict:
-        first = await _next(chunks, rid)
-        timing.tokens(len(first.token_ids))
-        return first if stream else await _collect(chunks, first, shape, timing, rid)
+    async def opening() -> list[Chunk] | dict:
+        first = [await _next(streams[0], rid)]
+        first += await asyncio.gather(*(_next(chunks, rid) for chunks in streams[1:]))
+        timing.tokens(sum(len(chunk.token_ids) for chunk in first))
+        if stream:
+            return first
+        results = await asyncio.gather(
+            *(
+                _collect(chunks, chunk, timing, rid, parser())
+                for chunks, chunk in zip(streams, first, strict=True)
+            )
+        )
+        infos = [info for _, info in results]
+        timing.done(merged_usage(infos))
+        return shape.full([result for result, _ in results], merged_usage(infos))
 
     try:
         opened = await until_disconnect(receive, opening())
     except ClientGone:
-        await chunks.aclose()
+        await _close(streams, admission)
         log.info("request %s: the client left before the answer; cancelled", rid)
         return Response(status_code=CLIENT_CLOSED)
     except BaseException:
-        await chunks.aclose()
+        await _close(streams, admission)
         raise
     if not stream:
-        await chunks.aclose()
+        await _close(streams, admission)
         return JSONResponse(opened)
     return EventStream(
-        _events(chunks, opened, shape, include_usage, timing, rid),
+        _events(streams, opened, shape, include_usage, timing, rid, parser, admission),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _collect(chunks, chunk: Chunk, shape: Completion, timing: _Timing, rid: str) -> dict:
-    content, reasoning = [chunk.content], [chunk.reasoning]
+async def _close(streams, admission: Admission) -> None:
+    try:
+        for chunks in streams:
+            await chunks.aclose()
+    finally:
+        admission.release()
+
+
+async def _collect(chunks, chunk: Chunk, timing: _Timing, rid: str, parser) -> tuple[ChoiceResult, dict]:
+    content, reasoning, logprobs, calls = [], [chunk.reasoning], [], []
+
+    def take(chunk: Chunk) -> None:
+        text, tool_calls = parser.push(chunk.content)
+        content.append(text)
+        calls.extend(tool_calls)
+        logprobs.extend(chunk.info.get("logprobs", ()))
+
+    take(chunk)
     while chunk.finish_reason is None:
         chunk = await _next(chunks, rid)
         timing.tokens(len(chunk.token_ids))
-        content.append(chunk.content)
+        take(chunk)
         reasoning.append(chunk.reasoning)
-    timing.done(chunk.info)
-    return shape.full("".join(content), "".join(reasoning), chunk.finish_reason, chunk.info)
+    text, tool_calls, finish_reason = parser.finish(chunk.finish_reason)
+    content.append(text)
+    calls.extend(tool_calls)
+    result = ChoiceResult("".join(content), "".join(reasoning), finish_reason, logprobs, _whole_calls(calls))
+    return result, chunk.info
 
 
-async def _events(chunks, chunk: Chunk, shape: Completion, include_usage: bool, timing: _Timing, rid: str):
+def _whole_calls(deltas: list[dict]) -> list[dict] | None:
+    """Streamed tool-call deltas (id and name first, then argument pieces) joined per call."""
+    calls: dict[int, dict] = {}
+    for delta in deltas:
+        call = calls.setdefault(
+            delta["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        call["id"] = delta.get("id") or call["id"]
+        function = delta.get("function", {})
+        call["function"]["name"] += function.get("name", "")
+        call["function"]["arguments"] += function.get("arguments", "")
+    return [calls[i] for i in sorted(calls)] or None
+
+
+async def _events(
+    streams, first: list[Chunk], shape: Completion, include_usage: bool, timing, rid, parser, admission
+):
+    """SSE chunks of every choice as they come; the usage chunk and [DONE] once all have ended."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, chunks, chunk: Chunk) -> None:
+        try:
+            while True:
+                await queue.put((index, chunk, None))
+                if chunk.finish_reason is not None:
+                    return
+                chunk = await _next(chunks, rid)
+                timing.tokens(len(chunk.token_ids))
+        except APIError as error:
+            await queue.put((index, None, error))
+
+    tasks = [asyncio.create_task(pump(i, s, c)) for i, (s, c) in enumerate(zip(streams, first, strict=True))]
+    parsers = [parser() for _ in streams]
+    infos: dict[int, dict] = {}
     try:
-        opening = shape.first_chunk()
+        opening = shape.first_chunk(len(streams))
         if opening:
             yield sse(opening)
-        while True:
-            body = shape.chunk(chunk.content, chunk.reasoning, chunk.finish_reason)
-            if body:
-                yield sse(body)
-            if chunk.finish_reason is not None:
-                break
-            try:
-                chunk = await _next(chunks, rid)
-            except APIError as error:  # headers are sent: report in-band, then end the stream
+        while len(infos) < len(streams):
+            index, chunk, error = await queue.get()
+            if error is not None:  # headers are sent: report in-band, then end the stream
                 yield sse(error_body(error.status, error.message, error.param, error.status, rid))
                 break
-            timing.tokens(len(chunk.token_ids))
-        if chunk.finish_reason is not None:
-            timing.done(chunk.info)
+            content, calls = parsers[index].push(chunk.content)
+            finish = chunk.finish_reason
+            if finish is not None:
+                tail, more_calls, finish = parsers[index].finish(finish)
+                content, calls = content + tail, calls + more_calls
+                infos[index] = chunk.info
+                shape.precision = chunk.info.get("precision") or shape.precision
+            logprobs = chunk.info.get("logprobs")
+            body = shape.chunk(content, chunk.reasoning, finish, logprobs, index, calls or None)
+            if body:
+                yield sse(body)
+        if len(infos) == len(streams):
+            usage = merged_usage([infos[i] for i in range(len(streams))])
+            timing.done(usage)
             if include_usage:
-                yield sse(shape.usage_chunk(chunk.info))
+                yield sse(shape.usage_chunk(usage))
         yield DONE
     finally:
-        await chunks.aclose()  # a client that left mid-stream: cancels the Triton request
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # none still reads a stream
+        await _close(streams, admission)  # a client that left mid-stream: cancels the Triton requests

@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from runtime.constraints import GrammarCompiler
 from runtime.errors import RuntimeUserError
 from runtime.llm_engine import LLMEngine
+from runtime.logprobs import TokenLogprobs
 from runtime.reasoning import ThinkTokens
 from runtime.request import Request
 from runtime.request_output import OutputDelta, RequestOutput
 from runtime.sampling import SamplingParams
+from runtime.server.engine_set import EngineOptions, EngineSet, PoolStats
 from runtime.server.prompting import PromptFactory, PromptLimits, longest_token_chars
 from runtime.server.wire import (
     ERROR_SERVER,
@@ -66,19 +69,11 @@ class ResponseSink(Protocol):
 
 
 @dataclass(frozen=True)
-class ServiceStats:
-    """The scheduler's snapshot plus the KV pool's block counts (free + used == total when the
-    pool is consistent) and how many requests the service holds."""
+class ServiceStats(PoolStats):
+    """The engines' schedulers and KV pools (free + used == total when the pools are consistent)
+    and how many requests the service holds."""
 
-    running: int
-    waiting: int
-    kv_usage: float
-    prefix_queries: int
-    prefix_hits: int
-    kv_blocks_free: int
-    kv_blocks_used: int
-    kv_blocks_total: int  # allocatable blocks (the null block excluded)
-    live: int  # requests queued or running, as the service tracks them
+    live: int = 0  # requests queued or running, as the service tracks them
 
 
 @dataclass
@@ -86,19 +81,15 @@ class _Live:
     request: Request
     output: RequestOutput
     sink: ResponseSink
+    engine: LLMEngine  # the precision it runs at, start to end
 
 
 class LLMService:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.engine = LLMEngine(
-            config.engines_dir,
-            config.precision,
-            threads=config.threads,
-            kv_blocks=config.kv_blocks,
-            max_batch=config.max_batch,
-            prefix_caching=True,
-        )
+        options = EngineOptions(config.threads, config.kv_blocks, config.max_batch)
+        self.engines = EngineSet(config.engines_dir, config.precision, options)
+        self.engine = self.engines.default  # the configured precision's; others load on request
         self.precision, self.limits = self.engine.precision, self.engine.limits
         self.tokenizer = self.engine.tokenizer  # the loop thread's: detokenization
         self.think = ThinkTokens.from_tokenizer(self.tokenizer.hf)
@@ -110,6 +101,8 @@ class LLMService:
         self.prompt_limits = PromptLimits(self.limits.max_seq_len, token_chars)
         self.kv, self.scheduler = self.engine.kv, self.engine.scheduler
         self._prepare_lock = threading.Lock()  # callers take turns on their tokenizer
+        self._grammar_lock = threading.Lock()
+        self._grammar_compiler: GrammarCompiler | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # _Live, or a request id to drop
         self._live: dict[str, _Live] = {}
         self._ids = itertools.count()
@@ -138,9 +131,11 @@ class LLMService:
         try:
             wire.validate()
             self.prompt_limits.check(wire.text_chars(), len(wire.messages or ()))
+            engine = self.engines.engine(wire.precision)
             with self._prepare_lock:
                 prompt = self.prompts.prepare(wire, list(images), list(audios), encoders)
             params = self._sampling(wire)
+            constraint = self._grammars().compile(wire.grammar, rid) if wire.grammar else None
         except (RuntimeUserError, WireError) as error:
             if error.__cause__ is not None:  # a library's detail, kept out of the client's message
                 log.warning("request %s: %s (%r)", rid, error, error.__cause__)
@@ -150,7 +145,7 @@ class LLMService:
             log.exception("request %s: preparing the prompt failed", rid)
             sink.fail(f"{ERROR_SERVER}preparing the prompt of request {rid} failed")
             return
-        request = Request(rid, prompt, params)
+        request = Request(rid, prompt, params, logprobs=wire.logprobs, constraint=constraint)
         output = RequestOutput(
             self.tokenizer.hf,
             prompt.token_ids,
@@ -158,7 +153,18 @@ class LLMService:
             stop_token_ids=params.stop_token_ids,
             think=self.think if wire.messages is not None else None,
         )
-        self._inbox.put(_Live(request, output, sink))
+        self._inbox.put(_Live(request, output, sink, engine))
+
+    def _grammars(self) -> GrammarCompiler:
+        """Made on the first constrained request (it reads the whole vocabulary once)."""
+        with self._grammar_lock:
+            if self._grammar_compiler is None:
+                self._grammar_compiler = GrammarCompiler(
+                    TextTokenizer(self.engine.tokenizer_dir).hf,
+                    self.limits.vocab_size,
+                    self.tokenizer.stop_token_ids,
+                )
+            return self._grammar_compiler
 
     def _sampling(self, wire: GenerateRequest) -> SamplingParams:
         try:  # SamplingParams names the bad value and its range
@@ -167,6 +173,8 @@ class LLMService:
                 top_p=float(wire.top_p),
                 top_k=wire.top_k,
                 seed=wire.seed,
+                presence_penalty=float(wire.presence_penalty),
+                frequency_penalty=float(wire.frequency_penalty),
                 max_tokens=wire.max_tokens or self.limits.max_seq_len,
                 stop_token_ids=self.tokenizer.stop_token_ids,
             )
@@ -184,25 +192,18 @@ class LLMService:
     # ---- the loop thread -----------------------------------------------------------------
     def _loop(self) -> None:
         while not self._closed.is_set():
-            self._drain_inbox(block=not self.engine.has_work)
+            self._drain_inbox(block=not self.engines.has_work)
             self._reap_cancelled()
             # Before the step too, so a request in a long prefill shows (as waiting, live).
             self._stats = self._snapshot()
-            if self.engine.has_work:
+            if self.engines.has_work:
                 self._step()
                 self._stats = self._snapshot()  # what the last tokens sent leave behind
         for rid in list(self._live):
             self._end(rid, error=ERROR_SERVER + "the server is shutting down")
 
     def _snapshot(self) -> ServiceStats:
-        blocks = self.kv.pool.blocks[1:]  # block 0 is the null block
-        return ServiceStats(
-            **self.scheduler.stats().__dict__,
-            kv_blocks_free=self.kv.num_free_blocks,
-            kv_blocks_used=sum(1 for block in blocks if block.ref_cnt > 0),
-            kv_blocks_total=len(blocks),
-            live=len(self._live),
-        )
+        return ServiceStats(**self.engines.stats().__dict__, live=len(self._live))
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -214,7 +215,7 @@ class LLMService:
                 self._drop(item)
             else:
                 try:
-                    self.engine.add(item.request)
+                    self.engines.add(item.request, item.engine)
                     self._live[item.request.request_id] = item
                 except RuntimeUserError as error:
                     item.sink.fail(ERROR_USER + str(error))
@@ -233,48 +234,57 @@ class LLMService:
         that has already finished is not there any more, and that is fine."""
         live = self._live.pop(rid, None)
         if live is not None:
-            self.engine.abort(rid)
+            self.engines.abort(rid)
             live.sink.close()
 
     def _step(self) -> None:
-        try:
-            events = self.engine.step()
-        except Exception:  # an engine failure must not stop the server: fail what ran
-            running = [r.request_id for r in self.scheduler.running]
-            log.exception("scheduler step failed; failing requests %s", running)
-            for rid in running:
-                self._end(rid, error=f"{ERROR_SERVER}generation of request {rid} failed")
-            return
+        events, failed = self.engines.step()  # an engine failure must not stop the server
+        for rid in failed:
+            self._end(rid, error=f"{ERROR_SERVER}generation of request {rid} failed")
         deltas = [
-            (event.request_id, self._live[event.request_id].output.push(event.token_id, event.finish_reason))
+            (event, self._live[event.request_id].output.push(event.token_id, event.finish_reason))
             for event in events
             if event.request_id in self._live
         ]
-        for rid, delta in deltas:
+        for event, delta in deltas:
+            rid = event.request_id
             live = self._live[rid]
+            info = {}
+            if event.logprobs and event.token_id not in live.request.params.stop_token_ids:
+                info["logprobs"] = [self._logprob_entry(event.logprobs)]  # stop tokens are not text
             if delta.finish_reason is None:
-                self._send(rid, live, delta, {})
+                self._send(rid, live, delta, info)
                 continue
             request = live.request
-            self.engine.abort(rid)  # no-op unless a stop string ended it early
-            usage = {
+            self.engines.abort(rid)  # no-op unless a stop string ended it early
+            info |= {
                 "prompt_tokens": request.num_prompt,
                 "completion_tokens": len(request.output_ids),
                 "cached_tokens": request.num_cached_prompt,
+                "precision": live.engine.precision,
             }
             del self._live[rid]
-            self._send(rid, live, delta, usage)
+            self._send(rid, live, delta, info)
+
+    def _token(self, token_id: int, logprob: float) -> dict:
+        text = self.tokenizer.hf.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "surrogatepass"))}
+
+    def _logprob_entry(self, scores: TokenLogprobs) -> dict:
+        """OpenAI's chat form: the token, its logprob and bytes, and the top alternatives."""
+        top = [self._token(token_id, logprob) for token_id, logprob in scores.top]
+        return {**self._token(scores.token_id, scores.logprob), "top_logprobs": top}
 
     def _send(self, rid: str, live: _Live, delta: OutputDelta, info: dict) -> None:
         try:
             live.sink.send(delta, info)
         except Exception:  # the client's side is gone (e.g. the response sender closed): drop it
             log.exception("could not send to request %s; dropping it", rid)
-            self.engine.abort(rid)
+            self.engines.abort(rid)
             self._live.pop(rid, None)
 
     def _end(self, rid: str, error: str) -> None:
-        self.engine.abort(rid)
+        self.engines.abort(rid)
         live = self._live.pop(rid, None)
         if live is not None:
             live.sink.fail(error)

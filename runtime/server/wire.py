@@ -10,8 +10,9 @@ Outputs, one response per generated token (decoupled), the last one with the FIN
     reasoning      BYTES [1]  text delta inside <think>…</think>
     token_ids      INT64 [n]  the token(s) this response covers
     finish_reason  BYTES [1]  "" while generating; "stop" | "length" on the last response
-    info           BYTES [1]  JSON: usage on the last response ({} otherwise); the stats snapshot
-                              for {"op": "stats"}
+    info           BYTES [1]  JSON: usage on the last response; "logprobs" (a list of one entry
+                              per token: token, logprob, bytes, top_logprobs) when asked; the
+                              stats snapshot for {"op": "stats"}
 Errors are sent as a response error whose message starts with `ERROR_USER` (the request was bad:
 the gateway answers 400, with the message) or `ERROR_SERVER` (the gateway answers 503 with the
 request id only: the detail stays in the server log).
@@ -24,6 +25,8 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 
+from runtime.logprobs import MAX_TOP
+
 ERROR_USER = "invalid_request: "
 ERROR_SERVER = "server_error: "
 
@@ -33,6 +36,7 @@ OP_CANCEL = "cancel"
 FINISH_CANCELLED = "cancelled"  # the finish_reason answering a cancel op
 
 MAX_NESTING = 16  # template kwargs are small option trees; deeper is hostile input
+MAX_GRAMMAR_NESTING = 64  # JSON schemas nest deeper than options, still far from hostile depths
 # apply_chat_template's own parameters and the template's helpers: a template variable must
 # not change how the template is chosen or rendered, only what it renders
 RESERVED_TEMPLATE_KWARGS = frozenset(
@@ -128,9 +132,16 @@ class GenerateRequest:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
     template_kwargs: dict = field(default_factory=dict)
     continue_final_message: bool = False  # extend the last (assistant) message instead of a new turn
+    logprobs: int | None = None  # None: off; n in 0..MAX_TOP: each token's logprob and its n best
+    # The output must follow: {"type": "json_object"} | {"type": "json_schema", "schema": {...}}
+    # | {"type": "lark", "grammar": "..."} (runtime/constraints.py)
+    grammar: dict | None = None
+    precision: str | None = None  # the engine to run on (a power policy's choice); None: the default
     request_id: str = ""  # the gateway's id of the HTTP request, for the logs on both sides
     op: str = OP_GENERATE
 
@@ -193,6 +204,11 @@ class GenerateRequest:
         if not isinstance(self.continue_final_message, bool) or not isinstance(self.request_id, str):
             raise WireError("continue_final_message must be a boolean and request_id a string")
         self._validate_template_kwargs()
+        self._validate_grammar()
+        if self.precision is not None and self.precision not in ("fp32", "fp16", "int8", "int4"):
+            raise WireError(
+                f"precision must be fp32, fp16, int8 or int4, got {self.precision!r}", "precision"
+            )
         if self.prompt is not None:
             check_text(self.prompt, "prompt")
         for i, stop in enumerate(self.stop):
@@ -228,13 +244,36 @@ class GenerateRequest:
 
         if self.max_tokens is not None and not (integer(self.max_tokens) and self.max_tokens >= 1):
             raise WireError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}", "max_tokens")
-        for name in ("temperature", "top_p"):
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
             if not number(getattr(self, name)):
                 raise WireError(f"{name} must be a number, got {getattr(self, name)!r}", param=name)
         if not integer(self.top_k):
             raise WireError(f"top_k must be an integer, got {self.top_k!r}", param="top_k")
         if self.seed is not None and not integer(self.seed):
             raise WireError(f"seed must be an integer, got {self.seed!r}", param="seed")
+        if self.logprobs is not None and not (integer(self.logprobs) and 0 <= self.logprobs <= MAX_TOP):
+            raise WireError(
+                f"logprobs must be an integer from 0 to {MAX_TOP}, got {self.logprobs!r}", "logprobs"
+            )
+
+    def _validate_grammar(self) -> None:
+        grammar = self.grammar
+        if grammar is None:
+            return
+        kinds = {"json_object": (), "json_schema": ("schema",), "lark": ("grammar",)}
+        if not (isinstance(grammar, dict) and grammar.get("type") in kinds):
+            raise WireError(f"grammar must be an object whose type is one of {sorted(kinds)}", "grammar")
+        for key in kinds[grammar["type"]]:
+            if key not in grammar:
+                raise WireError(f"a {grammar['type']} grammar needs {key!r}", "grammar")
+        if nesting_depth(grammar, MAX_GRAMMAR_NESTING) > MAX_GRAMMAR_NESTING:
+            raise WireError(f"the grammar nests deeper than {MAX_GRAMMAR_NESTING} levels", "grammar")
+        if grammar["type"] == "lark" and not isinstance(grammar["grammar"], str):
+            raise WireError("a lark grammar is a string", "grammar")
+        if grammar["type"] == "json_schema" and not isinstance(grammar["schema"], dict):
+            raise WireError("a json_schema grammar's schema is an object", "grammar")
+        for text, where in _strings(grammar, "grammar"):
+            check_text(text, where)
 
     def _validate_template_kwargs(self) -> None:
         param = "chat_template_kwargs"

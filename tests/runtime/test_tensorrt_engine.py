@@ -99,15 +99,9 @@ class _Context:
         return True
 
 
-def test_a_scoring_call_grows_the_logits_buffers(monkeypatch):
-    monkeypatch.setattr(trt_engine.cuda, "DeviceBuffer", _Buffer)
-    monkeypatch.setattr(trt_engine.cuda, "PinnedArray", _Buffer)
-    monkeypatch.setattr(trt_engine.cuda, "copy_to_device", lambda dst, src, stream: None)
-    monkeypatch.setattr(trt_engine.cuda, "copy_to_host", lambda dst, src, stream: None)
-    ranges = {  # prefill profile: batch 1–8, seq 1–2048, logit positions 1–2048
-        io.INPUT_IDS: [(1, 1), (1, 512), (8, 2048)],
-        io.LOGIT_INDEX: [(1, 1), (1, 1), (8, 2048)],
-    }
+def _owner(ranges: dict, kv: list[str]) -> tuple[list[_Context], SimpleNamespace]:
+    """The engine a profile runner belongs to: profile ranges, tensor dtypes (fp16 KV), and a
+    context factory that records every context it makes."""
     contexts = []
 
     def new_context(profile, shapes):
@@ -117,17 +111,31 @@ def test_a_scoring_call_grows_the_logits_buffers(monkeypatch):
     owner = SimpleNamespace(
         engine=SimpleNamespace(get_tensor_profile_shape=lambda name, index: ranges[name]),
         inputs=list(ranges),
-        kv_names=[],
+        kv_names=kv,
         outputs=[io.LOGITS, io.NEW_KV],
         dtypes={
             io.INPUT_IDS: np.dtype(np.int64),
             io.LOGIT_INDEX: np.dtype(np.int64),
             io.LOGITS: np.dtype(np.float32),
             io.NEW_KV: np.dtype(np.float16),
+            **{name: np.dtype(np.float16) for name in kv},
         },
         stream=SimpleNamespace(ptr=0, synchronize=lambda: None),
         new_context=new_context,
     )
+    return contexts, owner
+
+
+def test_a_scoring_call_grows_the_logits_buffers(monkeypatch):
+    monkeypatch.setattr(trt_engine.cuda, "DeviceBuffer", _Buffer)
+    monkeypatch.setattr(trt_engine.cuda, "PinnedArray", _Buffer)
+    monkeypatch.setattr(trt_engine.cuda, "copy_to_device", lambda dst, src, stream: None)
+    monkeypatch.setattr(trt_engine.cuda, "copy_to_host", lambda dst, src, stream: None)
+    ranges = {  # prefill profile: batch 1–8, seq 1–2048, logit positions 1–2048
+        io.INPUT_IDS: [(1, 1), (1, 512), (8, 2048)],
+        io.LOGIT_INDEX: [(1, 1), (1, 1), (8, 2048)],
+    }
+    contexts, owner = _owner(ranges, kv=[])
     runner = trt_engine._ProfileRunner(owner, 0, cuda_graphs=False)
     first = runner.device[io.LOGITS]
     assert first.nbytes == 8 * 1 * VOCAB * 4
@@ -177,27 +185,7 @@ def test_a_decoder_step_binds_the_device_pool_and_copies_back_only_logits(monkey
         io.LOGIT_INDEX: [(1, 1), (4, 1), (4, 1)],
         **{name: [(1, 16, 1, 4), (9, 16, 1, 4), (9, 16, 1, 4)] for name in kv},
     }
-    contexts = []
-
-    def new_context(profile, shapes):
-        contexts.append(_Context(shapes))
-        return contexts[-1]
-
-    owner = SimpleNamespace(
-        engine=SimpleNamespace(get_tensor_profile_shape=lambda name, index: ranges[name]),
-        inputs=list(ranges),
-        kv_names=kv,
-        outputs=[io.LOGITS, io.NEW_KV],
-        dtypes={
-            io.INPUT_IDS: np.dtype(np.int64),
-            io.LOGIT_INDEX: np.dtype(np.int64),
-            io.LOGITS: np.dtype(np.float32),
-            io.NEW_KV: np.dtype(np.float16),
-            **{name: np.dtype(np.float16) for name in kv},
-        },
-        stream=SimpleNamespace(ptr=0, synchronize=lambda: None),
-        new_context=new_context,
-    )
+    contexts, owner = _owner(ranges, kv)
     runner = trt_engine._ProfileRunner(owner, 1, cuda_graphs=False)
     assert not set(kv) & set(runner.device)  # no KV buffers of its own
     pool = _Pool(kv)

@@ -1,4 +1,4 @@
-"""In-flight batching seen from outside: 16 concurrent streams, and a conversation's prefix reuse."""
+"""In-flight batching seen from outside: 64 concurrent streams, and a conversation's prefix reuse."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from openai import AsyncOpenAI, OpenAI
 from tests.runtime.serving.test_openai_api import QUESTION
 
 
-def test_sixteen_concurrent_streams_each_equal_the_request_alone(smollm2_server):
+def test_sixty_four_concurrent_streams_each_equal_the_request_alone(smollm2_server):
     args = {"model": smollm2_server.model, "messages": QUESTION, "max_tokens": 12, "temperature": 0}
     client = OpenAI(base_url=smollm2_server.base_url, api_key=smollm2_server.api_key, max_retries=0)
     alone = client.chat.completions.create(**args).choices[0].message.content
@@ -24,12 +24,12 @@ def test_sixteen_concurrent_streams_each_equal_the_request_alone(smollm2_server)
     async def all_at_once() -> list[str]:
         aclient = AsyncOpenAI(base_url=smollm2_server.base_url, api_key=smollm2_server.api_key, max_retries=0)
         try:
-            return await asyncio.gather(*(one(aclient) for _ in range(16)))
+            return await asyncio.gather(*(one(aclient) for _ in range(64)))
         finally:
             await aclient.close()
 
     texts = asyncio.run(all_at_once())
-    assert texts == [alone] * 16
+    assert texts == [alone] * 64
     metrics = httpx.get(f"{smollm2_server.root}/metrics").text
     assert "autoglm_running_sequences 0.0" in metrics and "autoglm_kv_cache_usage_ratio 0.0" in metrics
 

@@ -43,7 +43,7 @@ def chat(served, **extra) -> dict:
         ({"messages": QUESTION}, 422, "model"),
         ({"model": "x"}, 422, "messages"),
         ("TEMPERATURE", 422, "temperature"),
-        ("N", 400, "n=2"),
+        ("N", 422, "less than or equal to 8"),
         ("UNKNOWN_MODEL", 404, "does not exist"),
         ("IMAGE", 400, "has no vision encoder"),
         ("BAD_DATA_URL", 400, "base64"),
@@ -55,7 +55,7 @@ def test_bad_chat_requests(smollm2_server, body, status, words):
     s = smollm2_server
     bodies = {
         "TEMPERATURE": chat(s, temperature=5),
-        "N": chat(s, n=2),
+        "N": chat(s, n=9),
         "UNKNOWN_MODEL": chat(s, model="gpt-4"),
         "IMAGE": chat(
             s,
