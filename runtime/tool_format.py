@@ -41,7 +41,25 @@ def _function(tool: dict) -> dict:
 
 
 def _parameters(tool: dict) -> dict:
-    return _function(tool).get("parameters") or {"type": "object", "properties": {}}
+    """A forced call's arguments: the function's schema with its objects closed (no property it
+    does not list), so a small model cannot wander into arguments no function takes."""
+    return closed_objects(_function(tool).get("parameters") or {"type": "object", "properties": {}})
+
+
+def closed_objects(schema: dict) -> dict:
+    """A copy of `schema` where every object schema without `additionalProperties` gets false
+    (OpenAI's strict mode)."""
+    root = json.loads(json.dumps(schema))
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return root
 
 
 # llguidance's JSON options inside a `%json` schema: compact JSON, json.dumps' separators (see

@@ -13,11 +13,9 @@ anything else passes through as content.
 
 from __future__ import annotations
 
-import json
-
 from runtime.gateway.errors import APIError
 from runtime.gateway.schemas import ChatCompletionRequest
-from runtime.tool_format import Glm4Format, ToolCall, ToolFormat
+from runtime.tool_format import Glm4Format, ToolCall, ToolFormat, closed_objects
 
 
 class ToolPlan:
@@ -181,18 +179,3 @@ def response_format_grammar(response_format) -> dict | None:
         "type": "json_schema",
         "schema": closed_objects(schema) if response_format.json_schema.strict else schema,
     }
-
-
-def closed_objects(schema: dict) -> dict:
-    """A copy of `schema` where every object schema without `additionalProperties` gets false."""
-    root = json.loads(json.dumps(schema))
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("type") == "object" and "additionalProperties" not in node:
-                node["additionalProperties"] = False
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return root
