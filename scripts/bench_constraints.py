@@ -3,9 +3,9 @@
     .venv/bin/python scripts/bench_constraints.py --engines engines/smollm2-135m [--batch 8]
 
 Runs `batch` requests through LLMEngine's scheduler twice, greedy, free and then each under the
-same JSON schema (llguidance), and reports the mask time per token (computing and applying it,
-timed inside GrammarConstraint.mask) and the decode step time of both runs. Ratios from one run
-on one machine only.
+same JSON schema (llguidance), and reports the grammar's time per token (the mask computed and
+applied, and the token consumed) and the decode step time of both runs, over the steps where all
+`batch` rows decode. Ratios from one run on one machine only.
 """
 
 from __future__ import annotations
@@ -41,12 +41,16 @@ def run(
     for i in range(batch):
         constraint = compiler.compile({"type": "json_schema", "schema": SCHEMA}) if compiler else None
         engine.add(Request(f"r{i}", prompt, params, constraint=constraint))
-    steps, generated = [], 0
+    steps, generated, first = [], 0, True
     while engine.has_work:
         start = time.perf_counter()
-        generated += len(engine.step())
-        steps.append(time.perf_counter() - start)
-    return steps[1:], generated  # the first step is the prefill
+        events = engine.step()
+        took = time.perf_counter() - start
+        generated += len(events)
+        if len(events) == batch and not first:  # full decode steps only: rows finish at different times
+            steps.append(took)
+        first = False
+    return steps, generated
 
 
 def main() -> None:
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     engine = LLMEngine(args.engines, threads=args.threads)
     start = time.perf_counter()
@@ -63,24 +68,32 @@ def main() -> None:
         f"{engine.precision}, vocabulary {engine.limits.vocab_size}: tokenizer info {time.perf_counter() - start:.2f} s"
     )
     masks: list[float] = []
-    original = GrammarConstraint.mask
+    mask, accept = GrammarConstraint.mask, GrammarConstraint.accept
 
-    def timed(self, logits):
+    def timed_mask(self, logits):
         begin = time.perf_counter()
-        original(self, logits)
+        mask(self, logits)
         masks.append(time.perf_counter() - begin)
 
-    GrammarConstraint.mask = timed
+    def timed_accept(self, token_id):
+        begin = time.perf_counter()
+        accept(self, token_id)
+        masks[-1] += time.perf_counter() - begin
+
+    GrammarConstraint.mask, GrammarConstraint.accept = timed_mask, timed_accept
     run(engine, args.batch, 4, None)  # warm-up
-    free, _ = run(engine, args.batch, args.tokens, None)
-    constrained, count = run(engine, args.batch, args.tokens, compiler)
+    free, constrained, count = [], [], 0
+    for _ in range(args.rounds):  # interleaved: this machine's speed drifts within minutes
+        free += run(engine, args.batch, args.tokens, None)[0]
+        steps, generated = run(engine, args.batch, args.tokens, compiler)
+        constrained, count = constrained + steps, count + generated
     free_ms, constrained_ms = statistics.median(free) * 1e3, statistics.median(constrained) * 1e3
     print(
         f"decode step, batch {args.batch}: free {free_ms:.2f} ms, constrained {constrained_ms:.2f} ms "
         f"({constrained_ms / free_ms:.2f}x)"
     )
     print(
-        f"mask per token: median {statistics.median(masks) * 1e6:.0f} us, "
+        f"grammar per token (mask + consume): median {statistics.median(masks) * 1e6:.0f} us, "
         f"p95 {sorted(masks)[int(len(masks) * 0.95)] * 1e6:.0f} us over {len(masks)} tokens ({count} generated)"
     )
 
