@@ -235,3 +235,32 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None]) -> dict:
         report.interrupted = True
         log("interrupted: reporting the concurrency levels that completed")
     return report.as_dict()
+
+
+def compare_replicas(reports: dict[int, dict]) -> dict:
+    """One report from runs of `bench serve` against servers with different replica counts: the
+    first run's report, plus every run's levels under "runs" and, per concurrency level, each
+    later count's output tokens/s and TTFT p50 over the first count's under "replica_ratios"."""
+    (first, base), *others = reports.items()
+    runs = [{"replicas": n, "url": r["url"], "results": r["results"]} for n, r in reports.items()]
+    report = {**base, "runs": runs}
+    report["interrupted"] = any(r.get("interrupted") for r in reports.values())
+    levels = {r["concurrency"]: r for r in base["results"]}
+    report["replica_ratios"] = [
+        {
+            "replicas": n,
+            "over": first,
+            "concurrency": level["concurrency"],
+            "throughput_ratio": _ratio(level, levels[level["concurrency"]], "output_tokens_per_s"),
+            "ttft_p50_ratio": _ratio(level, levels[level["concurrency"]], "ttft_p50_ms"),
+        }
+        for n, other in others
+        for level in other["results"]
+        if level["concurrency"] in levels
+    ]
+    return report
+
+
+def _ratio(level: dict, base: dict, key: str) -> float | None:
+    value, over = level.get(key), base.get(key)
+    return round(value / over, 3) if value is not None and over else None

@@ -147,6 +147,13 @@ def serve(
         typer.Option(exists=True, dir_okay=False, help="Prompt set (JSON). Default: the shipped one."),
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="With --engines: CPU threads per engine; 0 = all.")] = 0,
+    replicas: Annotated[
+        str,
+        typer.Option(
+            help="With --engines: LLM replica counts to compare, e.g. 1,2 (a server each, in turn; "
+            "the report adds throughput and TTFT ratios over the first)."
+        ),
+    ] = "1",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
 ) -> None:
@@ -158,6 +165,12 @@ def serve(
 
     if (url is None) == (engines is None):
         raise RuntimeUserError("give either --url of a running gateway or --engines to start one")
+    counts = tuple(dict.fromkeys(int_list(replicas, "--replicas")))
+    if engines is None and counts != (1,):
+        raise RuntimeUserError(
+            "--replicas needs --engines: bench serve starts a server per replica count; a server at "
+            "--url has the replicas it was started with (autoglm-trt serve --replicas N)"
+        )
     cfg = ServeBenchConfig(
         url=url or "",
         api_key=api_key,
@@ -168,18 +181,50 @@ def serve(
         prompts=prompts,
     )
     log = StageLog()
-    report = run_serve_bench(cfg, log) if engines is None else _serve_started(cfg, engines, threads, log)
+    if engines is None:
+        report = run_serve_bench(cfg, log)
+    else:
+        reports = {}
+        for count in counts:
+            reports[count] = _serve_started(cfg, engines, threads, log, count)
+            if reports[count].get("interrupted"):
+                break
+        if len(reports) > 1:
+            from builder.bench.serve import compare_replicas
+
+            report = compare_replicas(reports)  # the chart shows the first count's levels
+            _finish(report, json_out, plot, _print_compared, "plot_serve")
+            return
+        report = reports[counts[0]]
     _finish(report, json_out, plot, print_serve_report, "plot_serve")
 
 
-def _serve_started(cfg, engines: Path, threads: int, log) -> dict:
+def _print_compared(report: dict) -> None:
+    """Each replica count's table, then a line per level comparing each later count with the first."""
+    from builder.bench.tables import print_serve_report
+
+    for run in report["runs"]:
+        typer.echo(f"{run['replicas']} replica(s):")
+        print_serve_report({**report, "url": run["url"], "results": run["results"], "interrupted": False})
+    for row in report["replica_ratios"]:
+        typer.echo(
+            f"{row['replicas']} replicas vs {row['over']}, concurrency {row['concurrency']}: "
+            f"output tokens/s x{row['throughput_ratio']}, TTFT p50 x{row['ttft_p50_ratio']}"
+        )
+    if report.get("interrupted"):
+        typer.echo("(interrupted: partial results)")
+
+
+def _serve_started(cfg, engines: Path, threads: int, log, replicas: int = 1) -> dict:
     from dataclasses import replace
 
     from builder.bench.serve import run_serve_bench
     from runtime.server.background import start_background_server
 
-    log(f"starting autoglm-trt serve --engines {engines}")
-    extra = ("--threads", str(threads)) if threads else ()
+    extra = (("--threads", str(threads)) if threads else ()) + (
+        ("--replicas", str(replicas)) if replicas > 1 else ()
+    )
+    log(f"starting autoglm-trt serve --engines {engines} {' '.join(extra)}".rstrip())
     try:
         server = start_background_server(engines, api_key=cfg.api_key, extra_args=extra)
     except RuntimeError as error:

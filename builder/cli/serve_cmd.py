@@ -49,6 +49,14 @@ def serve(
     ] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads per engine; 0 = all.")] = 0,
     kv_blocks: Annotated[int, typer.Option(min=0, help="KV pool blocks; 0 = 8 full-length sequences.")] = 0,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Copies of the LLM (each with its own KV pool) and instances of each encoder; "
+            "a conversation's turns stay on one copy.",
+        ),
+    ] = 1,
     served_model_name: Annotated[
         list[str] | None,
         typer.Option(
@@ -116,6 +124,7 @@ def serve(
             allow_local_media=allow_local_media,
             threads=threads,
             kv_blocks=kv_blocks,
+            replicas=replicas,
             served_names=names,
             repo_dir=repository or PROJECT_ROOT / "triton_repo",
         ),

@@ -6,14 +6,20 @@ cancelled mid-read, never cancels the gRPC call. Instead the model is asked to d
 (a cancel op, see `wire.cancel_request` for why Triton's own cancellation is avoided); it frees
 the request's slot and KV blocks before its next step and ends the stream, which the pump reads
 to its end.
+
+With `serve --replicas N` the llm model runs as N Triton models (`llm`, `llm_1`, …): the primary's
+config parameter `replicas` lists them (set by the launcher), read here on first use. Each
+generation goes to the replica `replicas.ReplicaRouter` picks for its conversation; its cancel op
+goes to that same replica; `stats()` adds the replicas' snapshots up; `ready()` needs them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +28,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from runtime.gateway.replicas import REPLICAS_PARAMETER, ReplicaRouter, affinity_key, combine_stats
 from runtime.server.wire import ERROR_USER, OP_GENERATE, STATS_REQUEST, GenerateRequest, cancel_request
 
 log = logging.getLogger(__name__)
@@ -77,11 +84,27 @@ def _chunk(result, error) -> Chunk:
 
 
 class TritonLLM:
-    def __init__(self, url: str, model: str = "llm") -> None:
+    def __init__(self, url: str, model: str = "llm", replicas: Sequence[str] | None = None) -> None:
+        """`replicas`: the Triton models that generate; None: as `model`'s `replicas` parameter
+        lists them (just `model` without one)."""
         self.url = url
         self.model = model
         self.client = aioclient.InferenceServerClient(url)
         self._tasks: set[asyncio.Task] = set()  # pumps and drops still running
+        self._router = ReplicaRouter(replicas) if replicas else None
+
+    async def router(self) -> ReplicaRouter:
+        """The replicas, asked of Triton once (the primary's config), then kept."""
+        if self._router is None:
+            try:
+                config = await self.client.get_model_config(self.model, as_json=True)
+            except (InferenceServerException, grpc.RpcError) as error:
+                raise LLMUnavailable(f"Triton at {self.url}: no config for {self.model}: {error}") from None
+            parameter = config["config"].get("parameters", {}).get(REPLICAS_PARAMETER, {})
+            names = [n for n in parameter.get("string_value", "").split(",") if n] or [self.model]
+            if self._router is None:  # another caller may have asked meanwhile
+                self._router = ReplicaRouter(names)
+        return self._router
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -93,11 +116,12 @@ class TritonLLM:
         try:
             if not await self.client.is_server_ready():
                 return False
-            for name in (self.model, *models):
+            replicas = (await self.router()).names
+            for name in (*replicas, *models):
                 if not await self.client.is_model_ready(name):
                     return False
             return True
-        except (InferenceServerException, grpc.RpcError):
+        except (InferenceServerException, grpc.RpcError, LLMUnavailable):
             return False
 
     def _spawn(self, coroutine) -> asyncio.Task:
@@ -118,6 +142,28 @@ class TritonLLM:
     async def generate(
         self, request: GenerateRequest, images: list[bytes] = (), audios: list[bytes] = ()
     ) -> AsyncIterator[Chunk]:
+        """A generation on the replica of its conversation; other ops go to the primary model."""
+        if request.op != OP_GENERATE:
+            stream = self._generate(self.model, request, images, audios)
+        else:
+            router = await self.router()
+            replica = router.acquire(affinity_key(request, images, audios))
+            stream = self._routed(router, replica, request, images, audios)
+        async with contextlib.aclosing(stream) as chunks:  # closing it drops an unfinished request
+            async for chunk in chunks:
+                yield chunk
+
+    async def _routed(self, router, replica, request, images, audios) -> AsyncIterator[Chunk]:
+        try:
+            async with contextlib.aclosing(self._generate(replica, request, images, audios)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            router.release(replica)
+
+    async def _generate(
+        self, model: str, request: GenerateRequest, images: list[bytes] = (), audios: list[bytes] = ()
+    ) -> AsyncIterator[Chunk]:
         inputs = [_bytes_input("request", [request.to_json()])]
         if images:
             inputs.append(_bytes_input("images", list(images)))
@@ -125,7 +171,7 @@ class TritonLLM:
             inputs.append(_bytes_input("audios", list(audios)))
 
         async def requests():  # Triton's request id too, so its log lines match ours
-            yield {"model_name": self.model, "inputs": inputs, "request_id": request.request_id}
+            yield {"model_name": model, "inputs": inputs, "request_id": request.request_id}
 
         stream = self.client.stream_infer(requests())
         responses: asyncio.Queue = asyncio.Queue()
@@ -146,15 +192,15 @@ class TritonLLM:
             ended = True  # the stream ended without a last response (the caller reports it)
         finally:
             if not ended:
-                self._spawn(self._drop(request, stream, pump))
+                self._spawn(self._drop(model, request, stream, pump))
 
-    async def _drop(self, request: GenerateRequest, stream, pump: asyncio.Task) -> None:
+    async def _drop(self, model: str, request: GenerateRequest, stream, pump: asyncio.Task) -> None:
         """The consumer left before the last response: ask the model to drop the request, then
         let the pump read its stream to the end."""
         try:
             async with asyncio.timeout(DROP_SECONDS):
                 if request.op == OP_GENERATE and request.request_id:
-                    async for _ in self.generate(cancel_request(request.request_id)):
+                    async for _ in self._generate(model, cancel_request(request.request_id)):
                         pass
                 await asyncio.shield(pump)
         except (TimeoutError, LLMUnavailable, LLMUserError) as error:
@@ -166,8 +212,14 @@ class TritonLLM:
             stream.cancel()
 
     async def stats(self) -> dict:
-        """The scheduler's snapshot (running, waiting, kv_usage, prefix_queries, prefix_hits)."""
+        """The scheduler's snapshot (running, waiting, kv_usage, prefix_queries, prefix_hits);
+        with replicas, their sum (`replicas.combine_stats`, each one's under "replicas")."""
+        names = (await self.router()).names
+        snapshots = await asyncio.gather(*(self._stats(name) for name in names))
+        return snapshots[0] if len(names) == 1 else combine_stats(dict(zip(names, snapshots, strict=True)))
+
+    async def _stats(self, model: str) -> dict:
         info: dict = {}
-        async for chunk in self.generate(STATS_REQUEST):
+        async for chunk in self._generate(model, STATS_REQUEST):
             info = chunk.info
         return info

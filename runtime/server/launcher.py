@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from runtime.engine_loader import choose_component_precision
 from runtime.errors import RuntimeUserError
 from runtime.manifest import Manifest
-from runtime.server.triton_process import TritonServer
+from runtime.server.triton_process import TritonServer, replica_repository
 
 if TYPE_CHECKING:
     from runtime.server.prompting import PromptLimits
@@ -54,6 +55,7 @@ class ServeConfig:
     jwt_audience: str | None = None  # the `aud` they must carry
     ssl_certfile: Path | None = None  # PEM certificate (chain): the gateway serves HTTPS
     ssl_keyfile: Path | None = None  # its PEM private key, unencrypted
+    replicas: int = 1  # copies of the llm model (llm, llm_1, …) and instances of each encoder
 
 
 def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
@@ -73,14 +75,50 @@ def _mib(n: int) -> str:
 
 
 def plan_models(manifest: Manifest, config: ServeConfig, precision: str) -> dict[str, dict[str, str]]:
-    """Triton model -> its load-time parameters; encoders only when the manifest has them."""
-    common = {"engines_dir": str(config.engines_dir.resolve()), "threads": str(config.threads)}
-    models = {"llm": {**common, "precision": precision, "kv_blocks": str(config.kv_blocks)}}
+    """Triton model -> its load-time parameters; encoders only when the manifest has them. With
+    replicas, each llm copy lists them all (the gateway reads the list from `llm`), and threads
+    left at 0 (all cores) are shared out among the replicas."""
+    from runtime.gateway.replicas import REPLICAS_PARAMETER, replica_names
+
+    threads = config.threads or (
+        max(1, (os.cpu_count() or 1) // config.replicas) if config.replicas > 1 else 0
+    )
+    common = {"engines_dir": str(config.engines_dir.resolve()), "threads": str(threads)}
+    llm = {**common, "precision": precision, "kv_blocks": str(config.kv_blocks)}
+    names = replica_names("llm", config.replicas)
+    extra = {REPLICAS_PARAMETER: ",".join(names)} if config.replicas > 1 else {}
+    models = {name: {**llm, **extra} for name in names}
     for component in ENCODERS:
         built = manifest.precisions(component)
         if built:
             models[component] = {**common, "precision": precision if precision in built else "auto"}
     return models
+
+
+def instance_groups(models: dict, replicas: int, gpus: int) -> dict[str, list[dict]]:
+    """Triton `instance_group` per model when there are replicas ({}: the repository's). llm
+    replica i is one instance on GPU i mod `gpus` (KIND_GPU; 0 GPUs: the CPU); each encoder has
+    `replicas` instances on the CPU, or one on each GPU the replicas use (stateless: Triton's
+    dynamic batcher spreads batches over them)."""
+    if replicas <= 1:
+        return {}
+    cpu = [{"kind": "KIND_CPU", "count": 1}]
+    llm = [m for m in models if m not in ENCODERS]  # llm, llm_1, …
+    groups = {
+        m: [{"kind": "KIND_GPU", "count": 1, "gpus": [i % gpus]}] if gpus else cpu for i, m in enumerate(llm)
+    }
+    used = sorted({i % gpus for i in range(len(llm))}) if gpus else []
+    encoder = [{"kind": "KIND_GPU", "count": 1, "gpus": used}] if gpus else [{**cpu[0], "count": replicas}]
+    return {**groups, **{m: encoder for m in models if m in ENCODERS}}
+
+
+def replica_gpus(manifest: Manifest, precision: str) -> int:
+    """GPUs the replicas spread over: those CUDA sees when the decoder engine is TensorRT, else 0."""
+    if manifest.engines["text_decoder"][precision].backend != "tensorrt":
+        return 0
+    from runtime.cuda import device_count
+
+    return device_count()
 
 
 def prompt_limits(manifest: Manifest, engines_dir: Path) -> PromptLimits | None:
@@ -171,17 +209,23 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
         )
     port = config.port or free_port(config.host)
     log_path = Path(tempfile.mkdtemp(prefix="autoglm-trt-serve-")) / "tritonserver.log"
-    triton = TritonServer(config.repo_dir, free_port("127.0.0.1", config.grpc_port), log_path)
+    models = plan_models(manifest, config, precision)
+    repo_dir = config.repo_dir
+    if config.replicas > 1:  # llm_1, … are llm's directory under other names
+        copies = {name: "llm" for name in models if name != "llm" and name not in ENCODERS}
+        repo_dir = replica_repository(config.repo_dir, copies, log_path.parent / "model_repository")
+    gpus = replica_gpus(manifest, precision) if config.replicas > 1 else 0
+    groups = instance_groups(models, config.replicas, gpus)
+    triton = TritonServer(repo_dir, free_port("127.0.0.1", config.grpc_port), log_path)
     previous = {sig: signal.signal(sig, _raise_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         started = triton.start()
-        models = plan_models(manifest, config, precision)
         for name, parameters in models.items():
-            triton.load(name, parameters)
+            triton.load(name, parameters, groups.get(name))
         gateway = GatewayConfig(
             triton_url=triton.url,
             model_id=manifest.model.get("name", config.engines_dir.name),
-            encoder_models=tuple(m for m in models if m != "llm"),
+            encoder_models=tuple(m for m in models if m in ENCODERS),
             served_names=config.served_names,
             api_key=config.api_key,
             jwt=verifier,

@@ -4,6 +4,10 @@ Models are loaded with explicit model control, each with a config override that 
 `engines_dir` / `precision` parameters, so `triton_repo/` itself is never edited and stays a
 stock model repository. The server runs in its own process group (it forks one Python stub per
 model instance); `stop()` ends the whole group.
+
+Replicas of a model (`serve --replicas N`) are the same model directory under other names:
+`replica_repository` writes a repository of symlinks (`llm_1 -> …/triton_repo/llm`), since explicit
+model control loads a model by the name of its directory.
 """
 
 from __future__ import annotations
@@ -53,6 +57,20 @@ def ensure_python_stub(home: Path) -> None:
 def _prepend(variable: str, path: str) -> str:
     current = os.environ.get(variable, "")
     return f"{path}{os.pathsep}{current}" if current else path
+
+
+def replica_repository(repo_dir: Path, copies: dict[str, str], out: Path) -> Path:
+    """A model repository at `out`: each model of `repo_dir` as itself, and each `copies` name as
+    the model it names (name -> source model), all symlinks; returns `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    links = {m.name: m for m in repo_dir.resolve().iterdir() if (m / "config.pbtxt").is_file()}
+    for name, source in copies.items():
+        if source not in links:
+            raise TritonError(f"{repo_dir} has no model {source!r} to replicate (no {source}/config.pbtxt)")
+        links[name] = links[source]
+    for name, target in links.items():
+        (out / name).symlink_to(target, target_is_directory=True)
+    return out
 
 
 def stub_environment() -> dict[str, str]:
@@ -122,8 +140,10 @@ class TritonServer:
 
         return grpcclient.InferenceServerClient(self.url)
 
-    def load(self, model: str, parameters: dict[str, str]) -> float:
-        """Load `model` from the repository with these string parameters; returns seconds."""
+    def load(self, model: str, parameters: dict[str, str], instance_group: list[dict] | None = None) -> float:
+        """Load `model` from the repository with these string parameters (and this
+        `instance_group`, e.g. [{"kind": "KIND_GPU", "count": 1, "gpus": [1]}], in place of the
+        config's when given); returns seconds."""
         from google.protobuf import json_format, text_format
         from tritonclient.grpc import model_config_pb2
         from tritonclient.utils import InferenceServerException
@@ -134,6 +154,10 @@ class TritonServer:
         config.name = model
         for key, value in parameters.items():
             config.parameters[key].string_value = str(value)
+        if instance_group is not None:
+            del config.instance_group[:]
+            for group in instance_group:
+                json_format.ParseDict(group, config.instance_group.add())
         start = time.perf_counter()
         try:
             self._client().load_model(model, config=json_format.MessageToJson(config))
