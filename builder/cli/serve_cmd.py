@@ -73,6 +73,19 @@ def serve(
             help="Hash every engine file before starting, even those verified since they last changed."
         ),
     ] = False,
+    power_policy: Annotated[
+        str,
+        typer.Option(
+            help="off, auto (precision by battery: fp16 > 70%, int8 30-70%, int4 < 30%; throttle above "
+            "65 °C, pause above 80 °C) or a TOML file overriding those settings."
+        ),
+    ] = "off",
+    sysfs_root: Annotated[
+        Path, typer.Option(help="Where the power policy reads power_supply and thermal sensors.")
+    ] = Path("/sys"),
+    power_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between the power policy's sensor readings.")
+    ] = 2.0,
     dynamo: Annotated[
         bool,
         typer.Option(
@@ -85,9 +98,11 @@ def serve(
 ) -> None:
     """Serve built engines: tritonserver (gRPC) and the OpenAI API (HTTP) until Ctrl-C or SIGTERM."""
     from runtime.errors import RuntimeUserError
+    from runtime.power.policy import load_policy
     from runtime.server.launcher import PROJECT_ROOT, ServeConfig
     from runtime.server.launcher import serve as run
 
+    policy = load_policy(power_policy)  # a bad file or value: one error line, before anything starts
     names = tuple(dict.fromkeys(served_model_name or ()))  # repeated names count once
     bad = [name for name in names if not name or any(c.isspace() for c in name)]
     if bad:
@@ -103,7 +118,12 @@ def serve(
         from runtime.dynamo.launcher import DynamoServeConfig, check_gateway_only_options
         from runtime.dynamo.launcher import serve as run_dynamo
 
-        gateway_only = {"--api-key": api_key, "--jwt-jwks": jwt_jwks, "--ssl-certfile": ssl_certfile}
+        gateway_only = {
+            "--api-key": api_key,
+            "--jwt-jwks": jwt_jwks,
+            "--ssl-certfile": ssl_certfile,
+            "--power-policy": policy,
+        }
         check_gateway_only_options(gateway_only, names)
         config = DynamoServeConfig(engines, workers, port, host, precision, threads, kv_blocks or None)
         config = replace(config, served_model_name=names[0] if names else None)
@@ -127,6 +147,9 @@ def serve(
             replicas=replicas,
             served_names=names,
             repo_dir=repository or PROJECT_ROOT / "triton_repo",
+            power_policy=policy,
+            sysfs_root=sysfs_root,
+            power_interval_s=power_interval,
         ),
         say=lambda line: print(line, flush=True),
     )

@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING
 from runtime.engine_loader import choose_component_precision
 from runtime.errors import RuntimeUserError
 from runtime.manifest import Manifest
+from runtime.power.policy import PowerPolicy
 from runtime.server.triton_process import TritonServer, replica_repository
+from runtime.tool_format import format_for
 
 if TYPE_CHECKING:
+    from runtime.gateway.config import PowerSettings
     from runtime.server.prompting import PromptLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +59,18 @@ class ServeConfig:
     ssl_certfile: Path | None = None  # PEM certificate (chain): the gateway serves HTTPS
     ssl_keyfile: Path | None = None  # its PEM private key, unencrypted
     replicas: int = 1  # copies of the llm model (llm, llm_1, …) and instances of each encoder
+    power_policy: PowerPolicy | None = None  # switch precision and throttle by battery and heat
+    sysfs_root: Path = Path("/sys")  # where the power policy reads batteries and temperatures
+    power_interval_s: float = 2.0  # how often it reads them
+
+
+def power_settings(manifest: Manifest, config: ServeConfig, precision: str) -> PowerSettings | None:
+    from runtime.gateway.config import PowerSettings
+
+    if config.power_policy is None:
+        return None
+    built = tuple(manifest.precisions("text_decoder"))
+    return PowerSettings(config.power_policy, built, precision, config.sysfs_root, config.power_interval_s)
 
 
 def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
@@ -197,6 +212,7 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     # The gateway's warnings (refused requests, model-server failures) carry request ids: give
     # them a time and a source. Triton's side goes to its own log (printed at start).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("runtime.power").setLevel(logging.INFO)  # one line per power-policy switch
     verifier = jwt_verifier(config.jwt_jwks, config.jwt_issuer, config.jwt_audience)  # before any work
     tls = tls_files(config.ssl_certfile, config.ssl_keyfile)
     manifest = Manifest.load(config.engines_dir)
@@ -231,6 +247,8 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
             jwt=verifier,
             allow_local_media=config.allow_local_media,
             prompt_limits=prompt_limits(manifest, config.engines_dir),
+            tool_format=format_for(manifest.model.get("family", "")).name,
+            power=power_settings(manifest, config, precision),
         )
         server = uvicorn.Server(
             uvicorn.Config(
