@@ -81,7 +81,7 @@ def _parse(trt, builder, graph: Path, flags: int):
     return network, parser
 
 
-def _add_profiles(builder, config, profiles: list[Profile]) -> list:
+def add_profiles(builder, config, profiles: list[Profile]) -> list:
     """Add `profiles` to `config` in order (the runtime selects them by index: 0 prefill, 1 decode);
     return the TensorRT profile objects."""
     added = []
@@ -105,7 +105,7 @@ def _add_profiles(builder, config, profiles: list[Profile]) -> list:
     return added
 
 
-def _load_timing_cache(config, path: Path):
+def load_timing_cache(config, path: Path):
     """The shared timing cache and how many of its bytes this build reuses. ignore_mismatch=False:
     TensorRT refuses a cache from another GPU or TensorRT version (set_timing_cache returns
     False); then a fresh cache is started, and saving it after the build replaces the old file."""
@@ -127,7 +127,7 @@ def _save_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _layer_report(trt, plan: bytes, logger, name: str) -> dict:
+def layer_report(trt, plan: bytes, logger, name: str) -> dict:
     """The engine inspector's JSON for `plan`; deserializing it also proves the plan loads."""
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
@@ -174,16 +174,16 @@ def trt_engine_from_onnx(
     if config.workspace_gib is not None:
         build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * 2**30))
     build_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + fused ONNX nodes
-    trt_profiles = _add_profiles(builder, build_config, profiles)
+    trt_profiles = add_profiles(builder, build_config, profiles)
     compat.apply_precision(trt, build_config, plan_precision, calibration_profile=trt_profiles[0])
     timing_path = engines_dir / TIMING_CACHE
-    timing_cache, reused_bytes = _load_timing_cache(build_config, timing_path)
+    timing_cache, reused_bytes = load_timing_cache(build_config, timing_path)
 
     serialized = builder.build_serialized_network(network, build_config)
     if serialized is None:
         raise BuildError(f"TensorRT failed to build {graph.name} (see the TensorRT log above)")
     plan = bytes(serialized)
-    layers = _layer_report(trt, plan, logger, graph.name)
+    layers = layer_report(trt, plan, logger, graph.name)
     _save_atomic(engine, plan)
     _save_atomic(timing_path, bytes(timing_cache.serialize()))
     layers_path = engines_dir / f"{component}.{precision}.plan.layers.json"

@@ -98,7 +98,7 @@ class TensorRTEngine(Engine):
         self.scratch = _activation_buffer(self.engine)
         count = self.engine.num_optimization_profiles
         self.profiles = [
-            _ProfileRunner(self, index, cuda_graphs and count > 1 and index == 1) for index in range(count)
+            ProfileRunner(self, index, cuda_graphs and count > 1 and index == 1) for index in range(count)
         ]
         # Decode buckets stop at the decode profile's most blocks per sequence.
         self.decode_blocks = self.profiles[-1].ranges[io.BLOCK_TABLES][2][1] if self.kv_names else None
@@ -143,7 +143,7 @@ class TensorRTEngine(Engine):
             runner.bind_pool(self.pool)
         return self.pool
 
-    def _runner(self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], decode: bool) -> _ProfileRunner:
+    def _runner(self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], decode: bool) -> ProfileRunner:
         order = [self.profiles[1], self.profiles[0]] if decode else self.profiles
         for runner in order:
             if runner.fits(shapes):
@@ -188,7 +188,7 @@ def _activation_buffer(engine) -> cuda.DeviceBuffer | None:
     return cuda.DeviceBuffer(max([int(engine.device_memory_size_v2), *map(int, sizes)]))
 
 
-class _ProfileRunner:
+class ProfileRunner:
     """One optimization profile: buffers sized for its max shapes (logits: see first_output_shape),
     allocated once so tensor addresses stay put and CUDA graphs stay valid; a context for plain
     runs, and with CUDA graphs one more context per captured graph, bound to the same buffers."""

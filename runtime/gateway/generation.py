@@ -183,11 +183,11 @@ async def _collect(chunks, chunk: Chunk, timing: _Timing, rid: str, parser) -> t
     text, tool_calls, finish_reason = parser.finish(chunk.finish_reason)
     content.append(text)
     calls.extend(tool_calls)
-    result = ChoiceResult("".join(content), "".join(reasoning), finish_reason, logprobs, _whole_calls(calls))
+    result = ChoiceResult("".join(content), "".join(reasoning), finish_reason, logprobs, whole_calls(calls))
     return result, chunk.info
 
 
-def _whole_calls(deltas: list[dict]) -> list[dict] | None:
+def whole_calls(deltas: list[dict]) -> list[dict] | None:
     """Streamed tool-call deltas (id and name first, then argument pieces) joined per call."""
     calls: dict[int, dict] = {}
     for delta in deltas:

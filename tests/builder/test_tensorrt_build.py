@@ -107,20 +107,20 @@ def test_a_refused_optimization_profile_is_an_error():
     builder = SimpleNamespace(create_optimization_profile=_TrtProfile)
     config = SimpleNamespace(add_optimization_profile=lambda profile: 0)  # the second one: 0, not 1
     with pytest.raises(ProfileError, match=r"decode optimization profile.*returned 0.*expected 1"):
-        step._add_profiles(builder, config, _profiles())
+        step.add_profiles(builder, config, _profiles())
     config = SimpleNamespace(add_optimization_profile=lambda profile: -1)
     with pytest.raises(ProfileError, match=r"prefill optimization profile.*returned -1 \(-1: invalid\)"):
-        step._add_profiles(builder, config, _profiles())
+        step.add_profiles(builder, config, _profiles())
     builder = SimpleNamespace(create_optimization_profile=lambda: _TrtProfile(refuse=io.INPUT_IDS))
     with pytest.raises(ProfileError, match=r"prefill profile's range for input 'input_ids'.*max \(8, 64\)"):
-        step._add_profiles(builder, config, _profiles())
+        step.add_profiles(builder, config, _profiles())
 
 
 def test_a_plan_that_does_not_deserialize_is_an_error():
     runtime = SimpleNamespace(deserialize_cuda_engine=lambda plan: None)
     trt = SimpleNamespace(Runtime=lambda logger: runtime)
     with pytest.raises(BuildError, match=r"built text_decoder\.fp16\.onnx but cannot deserialize"):
-        step._layer_report(trt, b"plan", None, "text_decoder.fp16.onnx")
+        step.layer_report(trt, b"plan", None, "text_decoder.fp16.onnx")
 
 
 def _decoder(path: Path, external: bool = False) -> Path:

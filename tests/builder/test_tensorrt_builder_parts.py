@@ -17,7 +17,7 @@ from builder.build.tensorrt_calibration import (
     find_calibration_cache,
     parse_calibration_cache,
 )
-from builder.build.tensorrt_engine import _load_timing_cache
+from builder.build.tensorrt_engine import load_timing_cache
 from builder.build.tensorrt_layers import fusion_summary
 from builder.build.tensorrt_profiles import ProfileError, graph_inputs, pool_blocks_max, profiles_for
 from builder.errors import BuildError
@@ -154,10 +154,10 @@ def test_a_refused_timing_cache_is_replaced_by_a_fresh_one(tmp_path):
     path = tmp_path / "tensorrt.timing.cache"
     path.write_bytes(b"from another GPU")
     config = _FakeConfig(accept_cache=False)
-    cache, reused = _load_timing_cache(config, path)
+    cache, reused = load_timing_cache(config, path)
     assert reused == 0 and cache.data == b""
     assert config.calls == [("set_timing_cache", b"from another GPU"), ("set_timing_cache", b"")]
-    assert _load_timing_cache(_FakeConfig(), path)[1] == len(b"from another GPU")
+    assert load_timing_cache(_FakeConfig(), path)[1] == len(b"from another GPU")
 
 
 def test_implicit_int8_sets_the_calibration_profile(tmp_path):

@@ -136,7 +136,7 @@ def test_a_scoring_call_grows_the_logits_buffers(monkeypatch):
         io.LOGIT_INDEX: [(1, 1), (1, 1), (8, 2048)],
     }
     contexts, owner = _owner(ranges, kv=[])
-    runner = trt_engine._ProfileRunner(owner, 0, cuda_graphs=False)
+    runner = trt_engine.ProfileRunner(owner, 0, cuda_graphs=False)
     first = runner.device[io.LOGITS]
     assert first.nbytes == 8 * 1 * VOCAB * 4
     assert runner.staging[io.LOGITS].nbytes == first.nbytes  # pinned memory: the same saving
@@ -186,7 +186,7 @@ def test_a_decoder_step_binds_the_device_pool_and_copies_back_only_logits(monkey
         **{name: [(1, 16, 1, 4), (9, 16, 1, 4), (9, 16, 1, 4)] for name in kv},
     }
     contexts, owner = _owner(ranges, kv)
-    runner = trt_engine._ProfileRunner(owner, 1, cuda_graphs=False)
+    runner = trt_engine.ProfileRunner(owner, 1, cuda_graphs=False)
     assert not set(kv) & set(runner.device)  # no KV buffers of its own
     pool = _Pool(kv)
     owner.pool = pool

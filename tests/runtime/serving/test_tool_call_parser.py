@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from runtime.gateway.generation import _whole_calls
+from runtime.gateway.generation import whole_calls
 from runtime.gateway.tool_calls import ToolCallParser
 from runtime.tool_format import FORMATS, ToolCall
 
@@ -35,7 +35,7 @@ def test_calls_stream_as_tool_call_deltas(fmt, size):
     content, deltas, reason = _feed(fmt, FORMATS[fmt].call_text(calls), size)
     assert content == "" and reason == "tool_calls"
     flat = [d for step in deltas for d in step]
-    whole = _whole_calls(flat)
+    whole = whole_calls(flat)
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole] == [
         (c.name, json.loads(c.arguments)) for c in calls
     ]
