@@ -88,7 +88,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.get("/health")
     async def health():
         if await app.state.llm.ready(config.encoder_models):
-            return {"status": "ok", "power": gate.snapshot()}
+            power = gate.snapshot()  # only with a power policy
+            return {"status": "ok"} if power is None else {"status": "ok", "power": power}
         return error_response(APIError(503, "Triton or its models are not ready"))
 
     @app.get("/metrics")

@@ -20,11 +20,11 @@ import psutil
 class BackgroundServer:
     engines: Path
     model: str  # the id clients pass as `model`
-    base_url: str  # http://127.0.0.1:PORT/v1
+    base_url: str  # http(s)://127.0.0.1:PORT/v1
     grpc_url: str  # 127.0.0.1:PORT (Triton)
     api_key: str | None
     process: subprocess.Popen
-    lines: list[str] = field(default_factory=list)  # its output up to the ready line
+    lines: list[str] = field(default_factory=list)  # its output so far (it keeps growing)
 
     @property
     def root(self) -> str:
@@ -45,10 +45,13 @@ class BackgroundServer:
         return code, alive
 
 
-def _pump(stream, sink: queue.Queue) -> None:
+def _pump(stream, seen: list[str], ready: queue.Queue) -> None:
+    """Every line into `seen` for the server's whole life; True on `ready` once, False at the end."""
     for line in stream:
-        sink.put(line.rstrip("\n"))
-    sink.put(None)
+        seen.append(line.rstrip("\n"))
+        if line.startswith("ready"):
+            ready.put(True)
+    ready.put(False)
 
 
 def start_background_server(
@@ -77,29 +80,24 @@ def start_background_server(
         text=True,
         env={**os.environ, "NO_COLOR": "1"},
     )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if line.startswith("ready"):
-            text = "\n".join(seen)
-            return BackgroundServer(
-                engines=engines,
-                model=re.search(r"serve: (\S+) ", text).group(1),
-                base_url=re.search(r"OpenAI API\s+(http://\S+/v1)", text).group(1),
-                grpc_url=re.search(r"grpc://(\S+)", text).group(1),
-                api_key=api_key,
-                process=process,
-                lines=seen,
-            )
+    ready: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(process.stdout, seen, ready), daemon=True).start()
+    try:
+        started = ready.get(timeout=timeout)
+    except queue.Empty:
+        started = False
+    if started:
+        text = "\n".join(seen)
+        return BackgroundServer(
+            engines=engines,
+            model=re.search(r"serve: (\S+) ", text).group(1),
+            base_url=re.search(r"OpenAI API\s+(https?://\S+/v1)", text).group(1),
+            grpc_url=re.search(r"grpc://(\S+)", text).group(1),
+            api_key=api_key,
+            process=process,
+            lines=seen,
+        )
     process.kill()
     process.wait()
     raise RuntimeError("autoglm-trt serve did not become ready:\n" + "\n".join(seen))

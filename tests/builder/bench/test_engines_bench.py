@@ -186,7 +186,15 @@ def test_ctrl_c_keeps_what_was_measured(glm4v_tiny_engines, tmp_path):
     out = tmp_path / "partial.json"
     command = [*CLI, "bench", "engines", "--engines", str(glm4v_tiny_engines), "--component", "text_decoder",
                "--prompt-lengths", "8,16", "--batches", "1", "--repeats", "1000", "--threads", "1", "--json", str(out)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (`make test &`) ignores SIGINT, and a child would inherit that: give
+    # the bench the default disposition, as a terminal's Ctrl-C finds it.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         for line in process.stderr:  # after the first case, Ctrl-C lands in the second or later
             if "text_decoder prefill b1 s8:" in line:

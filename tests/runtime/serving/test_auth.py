@@ -15,12 +15,8 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
-import queue
 import re
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +36,7 @@ from runtime.errors import RuntimeUserError
 from runtime.gateway.app import create_app
 from runtime.gateway.auth import KeySet, TokenRefused, jwt_verifier
 from runtime.gateway.config import GatewayConfig
-from runtime.server.background import BackgroundServer
+from runtime.server.background import start_background_server
 from runtime.server.launcher import tls_files
 from tests.conftest import run_cli
 from tests.runtime.serving.conftest import stop
@@ -142,52 +138,6 @@ def keys() -> Keys:
 # --- the real server: JWKS file + API key + HTTPS -----------------------------------------------
 
 
-def start_https_server(
-    engines: Path, *args: str, timeout: float = 180.0
-) -> tuple[BackgroundServer, list[str]]:
-    """`autoglm-trt serve` with TLS (background.py reads http:// ready lines only); returns the
-    server and its output, which keeps growing while it runs."""
-    command = [sys.executable, "-m", "builder", "serve", "--engines", str(engines), "--port", "0"]
-    command += ["--grpc-port", "0", "--threads", "1", *args]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    lines: list[str] = []
-    ready: queue.Queue = queue.Queue()
-
-    def pump() -> None:
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("ready"):
-                ready.put(True)
-        ready.put(False)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        started = ready.get(timeout=timeout)
-    except queue.Empty:
-        started = False
-    if not started:
-        process.kill()
-        process.wait()
-        raise RuntimeError("autoglm-trt serve did not become ready:\n" + "\n".join(lines))
-    text = "\n".join(lines)
-    server = BackgroundServer(
-        engines=engines,
-        model=re.search(r"serve: (\S+) ", text).group(1),
-        base_url=re.search(r"OpenAI API\s+(https://\S+/v1)", text).group(1),
-        grpc_url=re.search(r"grpc://(\S+)", text).group(1),
-        api_key=API_KEY,
-        process=process,
-        lines=list(lines),
-    )
-    return server, lines
-
-
 @pytest.fixture(scope="module")
 def secure(glm4v_tiny_engines, keys, tmp_path_factory):
     """(server, its growing log, an httpx client that trusts its certificate)."""
@@ -195,11 +145,15 @@ def secure(glm4v_tiny_engines, keys, tmp_path_factory):
     jwks = directory / "jwks.json"
     jwks.write_text(json.dumps(keys.jwks()))
     cert, key = self_signed(directory)
-    server, log = start_https_server(
+    server = start_background_server(
         glm4v_tiny_engines,
-        *("--jwt-jwks", str(jwks), "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE),
-        *("--api-key", API_KEY, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)),
+        API_KEY,
+        extra_args=(
+            *("--threads", "1", "--jwt-jwks", str(jwks), "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE),
+            *("--ssl-certfile", str(cert), "--ssl-keyfile", str(key)),
+        ),
     )
+    log = server.lines  # keeps growing while it runs
     trust = ssl.create_default_context(cafile=str(cert))
     with httpx.Client(verify=trust, timeout=60) as client:
         yield server, log, client, trust
