@@ -55,6 +55,28 @@ class GatewayMetrics:
         self.prefix_hits = Gauge(
             "autoglm_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache", registry=r
         )
+        # With `serve --replicas N`, each copy's own numbers beside the sums above.
+        self.replica_running = Gauge(
+            "autoglm_replica_running_sequences",
+            "Sequences in a replica's decode batch",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_waiting = Gauge(
+            "autoglm_replica_waiting_sequences", "Requests queued in a replica", ["replica"], registry=r
+        )
+        self.replica_kv_usage = Gauge(
+            "autoglm_replica_kv_cache_usage_ratio",
+            "Fraction of a replica's KV blocks in use",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_prefix_hits = Gauge(
+            "autoglm_replica_prefix_cache_hit_tokens",
+            "Prompt tokens a replica served from its prefix cache",
+            ["replica"],
+            registry=r,
+        )
 
     def update_scheduler(self, stats: dict) -> None:
         self.running.set(stats.get("running", 0))
@@ -64,3 +86,8 @@ class GatewayMetrics:
         self.prefix_queries.set(queries)
         self.prefix_hits.set(hits)
         self.prefix_hit_rate.set(hits / queries if queries else 0.0)
+        for name, replica in stats.get("replicas", {}).items():
+            self.replica_running.labels(name).set(replica.get("running", 0))
+            self.replica_waiting.labels(name).set(replica.get("waiting", 0))
+            self.replica_kv_usage.labels(name).set(replica.get("kv_usage", 0.0))
+            self.replica_prefix_hits.labels(name).set(replica.get("prefix_hits", 0))

@@ -239,6 +239,9 @@ def test_a_client_leaving_is_cancelled_on_its_own_replica(replica_server):
     assert received["llm"] - before["llm"] == received["llm_1"] - before["llm_1"], (before, received)
     metrics = httpx.get(f"{replica_server.root}/metrics").text
     assert all(gauge in metrics for gauge in IDLE_GAUGES), metrics
+    for replica in ("llm", "llm_1"):  # each copy's own gauges, idle too
+        assert f'autoglm_replica_running_sequences{{replica="{replica}"}} 0.0' in metrics, metrics
+        assert f'autoglm_replica_kv_cache_usage_ratio{{replica="{replica}"}} 0.0' in metrics, metrics
 
 
 def test_sigterm_stops_the_gateway_triton_and_every_stub(replica_server):
