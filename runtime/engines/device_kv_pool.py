@@ -97,18 +97,17 @@ class DeviceKVPool(KVPool):
         names = io.kv_input_names(self.spec.num_layers)
         return {name: (self.layer_ptr(i // 2, i % 2), self.layer_shape()) for i, name in enumerate(names)}
 
-    def upload_slots(self, slots: SlotMapping, stream_ptr: int = 0, into=None):
-        """The mapping as a device int64 [4, T] array (into a caller's fixed buffer when given, as
-        a captured graph needs); copied on `stream_ptr`."""
+    def upload_slots(self, slots: SlotMapping, stream_ptr: int = 0):
+        """The mapping as a device int64 [4, T] array, in a buffer reused across calls; copied on
+        `stream_ptr`. (A captured graph reads a fixed buffer of its own instead.)"""
         cp = _cupy()
-        host = np.stack([slots.rows, slots.cols, slots.blocks, slots.offsets]).astype(np.int64)
+        host = slots.as_array().ravel()
         with cp.cuda.ExternalStream(stream_ptr):
-            if into is None:
-                if self._slots.size < host.size:
-                    self._slots = cp.empty(host.size, np.int64)
-                into = self._slots[: host.size]
-            into[: host.size].set(host.ravel(), stream=cp.cuda.get_current_stream())
-        return into
+            if self._slots.size < host.size:
+                self._slots = cp.empty(host.size, np.int64)
+            device = self._slots[: host.size]
+            device.set(host, stream=cp.cuda.get_current_stream())
+        return device
 
     def scatter(self, new_kv_ptr: int, new_kv_shape: tuple, slots_ptr: int, tokens: int, stream_ptr: int = 0):
         """Launch the copy of `tokens` tokens' K/V from `new_kv` (device, [L, 2, B, S, KVH, D], the
@@ -141,8 +140,12 @@ class DeviceKVPool(KVPool):
         cp.cuda.ExternalStream(stream_ptr).synchronize()
 
     def write(self, new_kv, slots: SlotMapping) -> None:
-        """`new_kv` a CuPy array (or anything with `.data.ptr` and `.shape`) on the device."""
+        """`new_kv` a CuPy array on the device."""
+        self.write_at(int(new_kv.data.ptr), tuple(new_kv.shape), slots)
+
+    def write_at(self, new_kv_ptr: int, new_kv_shape: tuple, slots: SlotMapping) -> None:
+        """`write` for a `new_kv` known by its device address and shape (another library's buffer)."""
         if not len(slots):
             return
         device_slots = self.upload_slots(slots)
-        self.scatter(int(new_kv.data.ptr), tuple(new_kv.shape), int(device_slots.data.ptr), len(slots))
+        self.scatter(new_kv_ptr, new_kv_shape, int(device_slots.data.ptr), len(slots))

@@ -76,8 +76,7 @@ class OnnxRuntimeEngine(Engine):
         binding.bind_output(io.NEW_KV, "cuda", 0)
         self.session.run_with_iobinding(binding)  # synchronizes its stream before returning
         logits, new_kv = binding.get_outputs()
-        device_slots = pool.upload_slots(slots)
-        pool.scatter(new_kv.data_ptr(), tuple(new_kv.shape()), int(device_slots.data.ptr), len(slots))
+        pool.write_at(new_kv.data_ptr(), tuple(new_kv.shape()), slots)
         pool.synchronize()  # the next call reads the pool; new_kv is freed with its OrtValue
         return logits.numpy()
 

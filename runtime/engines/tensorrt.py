@@ -300,7 +300,7 @@ class ProfileRunner:
         self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], slots: SlotMapping
     ) -> np.ndarray:
         self._upload(feeds)
-        mapping = np.stack([slots.rows, slots.cols, slots.blocks, slots.offsets]).astype(np.int64)
+        mapping = slots.as_array()
         stage = self.slots_staging.view(np.int64, mapping.shape)
         stage[...] = mapping
         cuda.copy_to_device(self.slots.ptr, stage, self.owner.stream)

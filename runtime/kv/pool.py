@@ -72,6 +72,10 @@ class SlotMapping:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def as_array(self) -> np.ndarray:
+        """int64 [4, T]: rows, cols, blocks, offsets (what a device scatter kernel reads)."""
+        return np.stack([self.rows, self.cols, self.blocks, self.offsets]).astype(np.int64)
+
 
 class KVPool(ABC):
     spec: KVPoolSpec

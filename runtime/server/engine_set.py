@@ -94,16 +94,9 @@ class EngineSet:
         engine = self._owner.pop(request_id, None)
         return engine is not None and engine.abort(request_id)
 
-    def precision_of(self, request_id: str) -> str | None:
-        engine = self._owner.get(request_id)
-        return engine.precision if engine is not None else None
-
     @property
     def has_work(self) -> bool:
         return any(engine.has_work for engine in self.engines.values())
-
-    def running(self) -> list[str]:
-        return [r.request_id for engine in self.engines.values() for r in engine.scheduler.running]
 
     def step(self) -> tuple[list[TokenEvent], list[str]]:
         """One step of every engine with work: (token events, ids of requests whose engine

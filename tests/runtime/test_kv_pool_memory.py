@@ -53,6 +53,9 @@ def test_slot_mapping_names_each_new_token():
     np.testing.assert_array_equal(slots.blocks, [a[1], a[1], a[2], a[2], a[2], b[0]])
     np.testing.assert_array_equal(slots.offsets, [2, 3, 0, 1, 2, 3])
     assert len(slots) == 6 and slots.blocks.dtype == np.int64
+    as_array = slots.as_array()  # what the device kernel reads: [4, T] int64
+    assert as_array.dtype == np.int64
+    np.testing.assert_array_equal(as_array, [slots.rows, slots.cols, slots.blocks, slots.offsets])
 
 
 @pytest.mark.parametrize("heads_major", [False, True])
