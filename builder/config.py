@@ -80,3 +80,5 @@ class BuildConfig:
     backend: Backend = Backend.auto
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # The text decoder as N graphs over contiguous layer ranges, one per device (runtime/stages.py).
+    pipeline_stages: int = 1

@@ -75,6 +75,12 @@ def device_count() -> int:
     return int(_ok(result, "cudaGetDeviceCount"))
 
 
+def set_device(device: int) -> None:
+    """Make `device` this thread's current CUDA device: where the next allocations, streams and
+    launches go (a pipeline stage's engine calls it before its work)."""
+    _ok(_runtime().cudaSetDevice(device), "cudaSetDevice")
+
+
 def compute_capability(device: int = 0) -> str:
     """ "8.9" for an L4, "9.0" for an H100: what a TensorRT plan is tied to."""
     rt = _runtime()

@@ -8,6 +8,13 @@ replace the placeholder tokens' embeddings inside the graph:
     media_embeds  float [M, H]  embedding rows (M ≥ 1; text-only steps feed one zero row)
     media_rows    int64 [B, S]  -1 = embed `input_ids` as usual, r ≥ 0 = use media_embeds[r]
 Text-only models (no encoders) are exported without them; the runtime looks at the engine's inputs.
+
+Pipeline stages (`build --pipeline-stages N`) split the decoder over contiguous layer ranges, each
+stage a graph over its own layers' pool (`key_cache.{l}` numbered from 0 within the stage):
+    first stage   input_ids (+ media inputs) → hidden_out  [B, S, H]
+    middle stage  hidden_in                  → hidden_out
+    last stage    hidden_in + logit_index    → logits
+every stage also taking position_ids, past_lens and block_tables, and returning its new_kv.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ MEDIA_ROWS = "media_rows"
 # (builder/build/ort_fusion/kv_pool.py); the runtime feeds whichever the engine declares.
 KV_POOL = "kv_pool"
 LOGITS = "logits"
+HIDDEN_IN = "hidden_in"  # a later pipeline stage's input: the previous stage's hidden_out
+HIDDEN_OUT = "hidden_out"
 NEW_KV = "new_kv"
 
 TOKEN_INPUTS = (INPUT_IDS, POSITION_IDS, PAST_LENS, BLOCK_TABLES, LOGIT_INDEX)
@@ -39,6 +48,15 @@ def kv_dtype_input(names) -> str:
     return KV_POOL if KV_POOL in names else kv_input_names(1)[0]
 
 
-def input_names(num_layers: int, media: bool = False) -> list[str]:
-    """Graph input order: token inputs, the pool per layer, then the media inputs if any."""
-    return [*TOKEN_INPUTS, *kv_input_names(num_layers), *(MEDIA_INPUTS if media else ())]
+def input_names(num_layers: int, media: bool = False, first: bool = True, last: bool = True) -> list[str]:
+    """Graph input order: token inputs, the pool per layer, then the media inputs if any. A pipeline
+    stage that is not the first takes hidden_in for input_ids (and no media); one that is not the
+    last takes no logit_index."""
+    head = [INPUT_IDS if first else HIDDEN_IN, POSITION_IDS, PAST_LENS, BLOCK_TABLES]
+    if last:
+        head.append(LOGIT_INDEX)
+    return [*head, *kv_input_names(num_layers), *(MEDIA_INPUTS if media and first else ())]
+
+
+def output_names(last: bool = True) -> list[str]:
+    return [LOGITS if last else HIDDEN_OUT, NEW_KV]

@@ -8,9 +8,8 @@ from runtime.compat import runtime_versions
 from runtime.engine_files import ExpectedFile, check_files
 from runtime.engines.base import Engine
 from runtime.errors import EngineDirError, MissingEncoderError, StaleEngineError
-from runtime.manifest import EngineEntry, Manifest
+from runtime.manifest import TEXT_DECODER, EngineEntry, Manifest
 
-TEXT_DECODER = "text_decoder"
 PRECISION_PREFERENCE = ("int4", "int8", "fp16", "fp32")  # what `auto` takes: the smallest engine built
 
 
@@ -37,7 +36,7 @@ def rebuild_hint(manifest: Manifest, engines_dir: Path, precision: str) -> str:
 
 
 def select_entry(manifest: Manifest, engines_dir: Path, component: str, precision: str) -> EngineEntry:
-    entry = manifest.entry(component, precision)
+    entry = manifest.entry(component, precision) if component in manifest.engines else None
     if entry is None:
         built = ", ".join(manifest.precisions(component)) or "none"
         raise EngineDirError(
@@ -84,20 +83,56 @@ def load_engine(
     threads: int = 0,
     spinning: bool = True,
     verify: bool = False,
+    device: int | None = None,
 ) -> Engine:
     """`spinning` False for processes that call several engines in turn (runtime/engines/onnxruntime.py);
-    `verify` hashes every file of the engine even if it was verified before."""
+    `verify` hashes every file of the engine even if it was verified before; `device` the CUDA
+    device to run on where there is one (None: the first)."""
     entry = select_entry(manifest, engines_dir, component, precision)
     path = verify_entry(manifest, engines_dir, entry, verify)
     if entry.backend == "onnxruntime":
         from runtime.engines.onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(path, threads=threads, spinning=spinning)
+        return OnnxRuntimeEngine(path, threads=threads, spinning=spinning, device=device)
     if entry.backend == "tensorrt":
         from runtime.engines.tensorrt import TensorRTEngine
 
-        return TensorRTEngine(path)
+        return TensorRTEngine(path, device=device)
     raise EngineDirError(
         f"{path} is a {entry.backend} engine, which this runtime cannot load yet; "
         f"{rebuild_hint(manifest, engines_dir, entry.precision)} --backend onnxruntime"
     )
+
+
+def load_decoder(
+    manifest: Manifest,
+    engines_dir: Path,
+    precision: str,
+    threads: int = 0,
+    spinning: bool = True,
+    devices: tuple[int, ...] = (),
+) -> Engine:
+    """The text decoder: its single engine, or its pipeline stages as one StagedEngine (runtime/stages.py),
+    stage i on `devices[i]`. `devices` () : every stage on the first device there is (or the CPU)."""
+    components = manifest.decoder_components()
+    if devices and len(devices) != len(components):
+        what = f"{len(components)} pipeline stages" if manifest.stages else "a single graph (1 stage)"
+        raise EngineDirError(
+            f"--devices names {len(devices)} device(s) but the text decoder of {engines_dir} is {what}: "
+            f"name one device per stage, or rebuild with --pipeline-stages {len(devices)}"
+        )
+    placed = devices or (None,) * len(components)
+    if not manifest.stages:
+        return load_engine(
+            manifest, engines_dir, TEXT_DECODER, precision, threads, spinning, device=placed[0]
+        )
+    from runtime.stages import StagedEngine, check_stages
+
+    if precision not in manifest.precisions(TEXT_DECODER):
+        select_entry(manifest, engines_dir, TEXT_DECODER, precision)  # names what is built
+    check_stages(manifest, precision, rebuild_hint(manifest, engines_dir, precision))
+    engines = [
+        load_engine(manifest, engines_dir, component, precision, threads, spinning, device=device)
+        for component, device in zip(components, placed, strict=True)
+    ]
+    return StagedEngine(engines, [tuple(stage["layers"]) for stage in manifest.stages])

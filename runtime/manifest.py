@@ -15,6 +15,7 @@ from runtime.errors import EngineDirError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+TEXT_DECODER = "text_decoder"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,24 @@ class Manifest:
         self.engines.setdefault(entry.component, {})[entry.precision] = entry
 
     def precisions(self, component: str) -> list[str]:
+        """The precisions built; for a text decoder built in pipeline stages, those every stage has."""
+        if component == TEXT_DECODER and self.stages:
+            built = [set(self.engines.get(c, {})) for c in self.decoder_components()]
+            return sorted(set.intersection(*built))
         return sorted(self.engines.get(component, {}))
+
+    @property
+    def stages(self) -> list[dict]:
+        """The text decoder's pipeline stages, in order: {component, layers: [start, stop)}; []
+        for a single graph (`build --pipeline-stages N`, runtime/stages.py)."""
+        return self.decoder.get("stages", [])
+
+    def decoder_components(self) -> list[str]:
+        """The components that make the text decoder: its stages, or the single graph."""
+        return [stage["component"] for stage in self.stages] or [TEXT_DECODER]
+
+    def decoder_backend(self, precision: str) -> str:
+        return self.engines[self.decoder_components()[0]][precision].backend
 
     def save(self, engines_dir: Path) -> None:
         write_json_atomic(engines_dir / MANIFEST, asdict(self))

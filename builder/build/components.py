@@ -8,10 +8,12 @@ stale exports). The build pipeline loops over `components_for(model_dir)` and tr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from builder.config import CalibrationConfig, ExportConfig
+from builder.errors import BuildError
 from builder.export.validation import ValidationReport
 from builder.model_dir import ModelDir
 
@@ -32,19 +34,33 @@ class Component:
     # INT8 calibration data: (model dir, calibration config) → calibration.feeds.CalibrationSet,
     # whose feeds fill the fp32 graph's declared inputs; None: this component has no int8 build.
     calibration: Callable[[ModelDir, CalibrationConfig], object] | None = None
+    # A text decoder pipeline stage: its layers [start, stop) (part of what its export is made from).
+    layers: tuple[int, int] | None = None
+
+    def export_settings(self) -> dict:
+        """What the export record adds to the model and config hashes."""
+        return {"layers": list(self.layers)} if self.layers else {}
 
 
-def _export_text_decoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
-    from builder.export.paged_decoder import PagedDecoder
+def _export_text_decoder(
+    model, model_dir: ModelDir, cfg: ExportConfig, out: Path, stages: int = 1, index: int = 0
+) -> ValidationReport:
+    """The whole decoder, or stage `index` of `stages` (builder/export/paged_decoder.py)."""
+    from builder.export.paged_decoder import decoder_stage, stage_ranges
     from builder.export.text_decoder import export_text_decoder, validate_text_decoder
     from runtime.progress import stage
 
     media = any(component.present(model_dir) for component in MEDIA_COMPONENTS)
-    decoder = PagedDecoder(model, model_dir.family, media=media).eval()
-    with stage(f"export text_decoder → ONNX (batch 1–{cfg.max_batch}, ≤{cfg.max_seq_len} tokens)"):
-        export_text_decoder(decoder, cfg, out)
-    with stage("validate text_decoder: ONNX Runtime vs PyTorch (batch 1 and 8)"):
-        return validate_text_decoder(decoder, model, out, cfg)
+    whole = decoder_stage(model, model_dir.family, media).eval()
+    ranges = stage_ranges(whole.num_layers, stages)
+    parts = [decoder_stage(model, model_dir.family, media, layers).eval() for layers in ranges]
+    what = "text_decoder"
+    if stages > 1:
+        what += f" stage {index + 1}/{stages} (layers {ranges[index].start}–{ranges[index].stop - 1})"
+    with stage(f"export {what} → ONNX (batch 1–{cfg.max_batch}, ≤{cfg.max_seq_len} tokens)"):
+        export_text_decoder(parts[index], cfg, out)
+    with stage(f"validate {what}: ONNX Runtime vs PyTorch (batch 1 and 8)"):
+        return validate_text_decoder(whole, model, out, cfg, parts, index)
 
 
 def _export_vision_encoder(model, model_dir: ModelDir, cfg: ExportConfig, out: Path) -> ValidationReport:
@@ -126,5 +142,32 @@ MEDIA_COMPONENTS: tuple[Component, ...] = (VISION_ENCODER, AUDIO_ENCODER)
 COMPONENTS: tuple[Component, ...] = (TEXT_DECODER, *MEDIA_COMPONENTS)
 
 
-def components_for(model_dir: ModelDir) -> list[Component]:
-    return [component for component in COMPONENTS if component.present(model_dir)]
+def stage_name(index: int) -> str:
+    return f"{TEXT_DECODER.name}_stage{index}"
+
+
+def text_decoder_stages(model_dir: ModelDir, stages: int) -> list[Component]:
+    """The text decoder as `stages` graphs over contiguous layer ranges (one component each)."""
+    from builder.export.paged_decoder import stage_ranges
+
+    num_layers = model_dir.family.shape(model_dir.load_config()).num_layers
+    if not 1 <= stages <= num_layers:
+        raise BuildError(
+            f"--pipeline-stages {stages} does not fit {model_dir.name}: it has {num_layers} decoder layers"
+        )
+    return [
+        replace(
+            TEXT_DECODER,
+            name=stage_name(index),
+            export=partial(_export_text_decoder, stages=stages, index=index),
+            layers=(layers.start, layers.stop),
+        )
+        for index, layers in enumerate(stage_ranges(num_layers, stages))
+    ]
+
+
+def components_for(model_dir: ModelDir, pipeline_stages: int = 1) -> list[Component]:
+    """Every component the model has; with `pipeline_stages` > 1 the text decoder's stages in
+    place of the single decoder."""
+    decoder = [TEXT_DECODER] if pipeline_stages == 1 else text_decoder_stages(model_dir, pipeline_stages)
+    return [*decoder, *(component for component in MEDIA_COMPONENTS if component.present(model_dir))]

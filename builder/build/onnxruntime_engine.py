@@ -33,8 +33,9 @@ def op_counts(graph: Path) -> Counter:
 
 
 def _is_decoder(model: onnx.ModelProto) -> bool:
+    """The text decoder, or one of its pipeline stages."""
     names = {i.name for i in model.graph.input}
-    return io.PAST_LENS in names and any(o.name == io.LOGITS for o in model.graph.output)
+    return io.PAST_LENS in names and any(o.name == io.NEW_KV for o in model.graph.output)
 
 
 def ort_engine_from_onnx(graph: Path, engine: Path) -> dict:

@@ -70,6 +70,7 @@ def fp32_onnx_from_model(
     if component.inputs_hash is not None:
         source_hash = f"{source_hash}+{component.inputs_hash(model_dir)}"
     wanted = {"format": component.export_format, "source_hash": source_hash, "config": cfg.as_dict()}
+    wanted |= component.export_settings()
     step = StepRecord(work / f"{name}.fp32.export.json", wanted)
     if step.current(graph) is not None:
         note(f"{name} fp32 ONNX up to date: {graph}")
@@ -245,7 +246,7 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         source_hash = model_dir.source_hash()
     shape = model_dir.family.shape(model_dir.load_config())
     export_cfg = cfg.export
-    components = components_for(model_dir)
+    components = components_for(model_dir, cfg.pipeline_stages)
     calibration_sets = _calibration_sets(components, model_dir, cfg)
     fp32_graphs = {}
     model = None
@@ -268,6 +269,8 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
             manifest.engines.clear()
     except EngineDirError:  # no manifest yet, or one this version cannot read: start afresh
         manifest = Manifest(model={}, decoder={}, axes={})
+    for name in set(manifest.engines) - {c.name for c in components}:  # e.g. another stage count's
+        del manifest.engines[name]
     manifest.build_tools = build_tool_versions()
     manifest.model = {
         "name": model_dir.name,
@@ -283,6 +286,9 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
         "max_seq_len": export_cfg.max_seq_len,
         "block_size": export_cfg.block_size,
     }
+    stages = [{"component": c.name, "layers": list(c.layers)} for c in components if c.layers]
+    if stages:  # the runtime runs these in order (runtime/stages.py)
+        manifest.decoder["stages"] = stages
     manifest.encoders = {c.name: c.info(model_dir) for c in components if c.info is not None}
     manifest.axes = {
         "batch": [1, export_cfg.max_batch],
@@ -293,19 +299,25 @@ def build(model_dir: ModelDir, cfg: BuildConfig, out: Path, work: Path) -> Manif
     if manifest.encoders:  # the decoder's media_embeds rows (runtime/decoder_io.py)
         manifest.axes["media_tokens"] = [1, export_cfg.max_batch * export_cfg.max_seq_len]
     checks = []
+    fp32_hashes: dict[str, str] = {}
     for component in components:
         fp32 = fp32_graphs[component.name]
-        fp32_hash = graph_digest(fp32)  # gigabytes: hash once, use for every precision
+        fp32_hash = fp32_hashes[component.name] = graph_digest(fp32)  # gigabytes: hash once
+        data = calibration_sets.get(component.name)
+        if data is not None and component.layers and component.layers[0] > 0:  # a later stage
+            from builder.quantize.stage_feeds import staged_calibration
+
+            before = [c.name for c in components if c.layers and c.layers[0] < component.layers[0]]
+            data = staged_calibration(data, [(fp32_graphs[n], fp32_hashes[n]) for n in before])
         for precision in cfg.precisions:
             calibration = None
             if precision is Precision.int8:
-                if component.name not in calibration_sets:
+                if data is None:
                     continue
                 graph, calibration = int8_onnx(component, model_dir, fp32, fp32_hash, cfg, work,
-                                               None if check_only else out, calibration_sets[component.name])  # fmt: skip
+                                               None if check_only else out, data)  # fmt: skip
             elif precision is Precision.int4:
-                graph, calibration = int4_onnx(component, fp32, fp32_hash, cfg, work,
-                                               calibration_sets.get(component.name))  # fmt: skip
+                graph, calibration = int4_onnx(component, fp32, fp32_hash, cfg, work, data)
             else:
                 graph = precision_onnx_from_fp32(component, fp32, fp32_hash, precision, work)
             if check_only:  # TensorRT consumes this pre-optimizer graph: check it instead of building

@@ -75,6 +75,14 @@ def build(
             "(per vocab row; larger, more accurate)."
         ),
     ] = CalibrationConfig.int4_table_bits,
+    pipeline_stages: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Split the text decoder into N graphs over contiguous layer ranges, each with its own "
+            "KV pool, to run stage i on device i (serve/generate --devices).",
+        ),
+    ] = 1,
 ) -> None:
     """Build one engine per precision into OUT, skipping work whose inputs have not changed."""
     from builder.build.pipeline import build as run_build
@@ -110,6 +118,7 @@ def build(
             int4_method,
             int4_table_bits,
         ),
+        pipeline_stages=pipeline_stages,
     )
     with stage(f"build {model_dir.name} → {out}"):
         if model_dir.shape_only:  # config only: every graph is checked at full size, nothing is built

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from builder.cli.options import Devices, parse_devices
 from runtime.errors import RuntimeUserError
 
 
@@ -28,6 +29,7 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed for sampling (reproducible output).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per prompt.")] = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for the engine; 0 = all.")] = 0,
+    devices: Devices = None,
     verify: Annotated[
         bool, typer.Option(help="Hash every engine file now, even those verified since they last changed.")
     ] = False,
@@ -55,7 +57,7 @@ def generate(
         from runtime.manifest import Manifest
 
         verify_engines(Manifest.load(engines), engines, precision)
-    llm = LLMEngine(engines, precision=precision, threads=threads)
+    llm = LLMEngine(engines, precision=precision, threads=threads, devices=parse_devices(devices))
     if chat and not llm.tokenizer.has_chat_template:
         raise RuntimeUserError(f"the tokenizer in {engines} has no chat template; drop --chat")
     if image or audio:  # media always go through the chat template, which places them

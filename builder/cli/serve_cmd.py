@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from builder.cli.options import Devices, parse_devices
+
 DEFAULT_ENGINES = Path("engines/smollm2-135m")
 
 
@@ -95,6 +97,7 @@ def serve(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Engine workers behind --dynamo.")] = 2,
+    devices: Devices = None,
 ) -> None:
     """Serve built engines: tritonserver (gRPC) and the OpenAI API (HTTP) until Ctrl-C or SIGTERM."""
     from runtime.errors import RuntimeUserError
@@ -103,6 +106,12 @@ def serve(
     from runtime.server.launcher import serve as run
 
     policy = load_policy(power_policy)  # a bad file or value: one error line, before anything starts
+    placed = parse_devices(devices)
+    if placed and (replicas > 1 or dynamo):
+        raise RuntimeUserError(
+            "--devices places one server's pipeline stages; with --replicas or --dynamo each copy "
+            "takes the devices it is given by Triton or Dynamo: drop --devices"
+        )
     names = tuple(dict.fromkeys(served_model_name or ()))  # repeated names count once
     bad = [name for name in names if not name or any(c.isspace() for c in name)]
     if bad:
@@ -145,6 +154,7 @@ def serve(
             threads=threads,
             kv_blocks=kv_blocks,
             replicas=replicas,
+            devices=placed,
             served_names=names,
             repo_dir=repository or PROJECT_ROOT / "triton_repo",
             power_policy=policy,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from builder.export.families import DecoderFamily
+from runtime import decoder_io as io
 
 
 def paged_attention(
@@ -66,20 +67,40 @@ def paged_attention(
 
 
 class PagedDecoder(nn.Module):
-    """Wraps a Hugging Face causal LM's own modules; see the module docstring for the I/O."""
+    """Wraps a Hugging Face causal LM's own modules; see the module docstring for the I/O.
 
-    def __init__(self, model: nn.Module, family: DecoderFamily, media: bool = False) -> None:
+    `layers` a range of the model's layers makes one pipeline stage (runtime/decoder_io.py): the
+    first stage embeds, the last adds the final norm and logits, and each holds only its own
+    modules, so a stage's graph carries only its own weights. `decoder_stage` picks the class
+    whose forward takes that stage's inputs."""
+
+    def __init__(
+        self, model: nn.Module, family: DecoderFamily, media: bool = False, layers: range | None = None
+    ) -> None:
         super().__init__()
         self.family = family
-        self.media = media
         self.shape = family.shape(model.config)
         text = family.text_model(model)
-        self.embed_tokens = text.embed_tokens
-        self.layers = text.layers
-        self.norm = text.norm
+        self.layer_range = layers if layers is not None else range(len(text.layers))
+        self.first = self.layer_range.start == 0
+        self.last = self.layer_range.stop == len(text.layers)
+        self.media = media and self.first
+        self.num_layers = len(self.layer_range)
+        self.layers = text.layers[self.layer_range.start : self.layer_range.stop]
         self.rotary_emb = text.rotary_emb
-        self.lm_head = model.lm_head
+        if self.first:
+            self.embed_tokens = text.embed_tokens
+        if self.last:
+            self.norm = text.norm
+            self.lm_head = model.lm_head
+        self.embed_scale = float(text.embed_tokens.weight.detach().std())  # media rows' test scale
         self.scale = self.shape.head_dim**-0.5
+
+    def input_names(self) -> list[str]:
+        return io.input_names(self.num_layers, self.media, self.first, self.last)
+
+    def output_names(self) -> list[str]:
+        return io.output_names(self.last)
 
     def forward(
         self,
@@ -92,6 +113,13 @@ class PagedDecoder(nn.Module):
         media_embeds: torch.Tensor | None = None,
         media_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.embed(input_ids, media_embeds, media_rows)
+        hidden, new_kv = self.run_layers(hidden, position_ids, past_lens, block_tables, kv_cache)
+        return self.head(hidden, logit_index), new_kv
+
+    def embed(
+        self, input_ids: torch.Tensor, media_embeds: torch.Tensor | None, media_rows: torch.Tensor | None
+    ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [B, S, E]
         if media_rows is not None:
             # A Gather and a Where: cheap, and portable to TensorRT (no scatter).
@@ -99,6 +127,17 @@ class PagedDecoder(nn.Module):
             rows = torch.where(media_rows >= 0, media_rows, 0).flatten()
             picked = media_embeds.index_select(0, rows).view_as(hidden)
             hidden = torch.where((media_rows >= 0)[..., None], picked.to(hidden.dtype), hidden)
+        return hidden
+
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_lens: torch.Tensor,
+        block_tables: torch.Tensor,
+        kv_cache: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This decoder's layers over `hidden`; returns the hidden states and new_kv [L, 2, B, S, KVH, D]."""
         rope = self.rotary_emb(hidden, position_ids)  # cos, sin: [B, S, rotary_dim]
         batch, seq, _ = hidden.shape
         new_kv: list[torch.Tensor] = []
@@ -117,7 +156,46 @@ class PagedDecoder(nn.Module):
                 return attn.o_proj(out)
 
             hidden = self.family.run_layer(layer, hidden, attend, rope)
+        return hidden, torch.stack(new_kv)
 
+    def head(self, hidden: torch.Tensor, logit_index: torch.Tensor) -> torch.Tensor:
         picked = torch.gather(hidden, 1, logit_index[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = self.lm_head(self.norm(picked)).float()  # [B, T, V]
-        return logits, torch.stack(new_kv)  # new_kv: [L, 2, B, S, KVH, D]
+        return self.lm_head(self.norm(picked)).float()  # [B, T, V]
+
+
+class FirstStage(PagedDecoder):
+    def forward(self, input_ids, position_ids, past_lens, block_tables, kv_cache,
+                media_embeds=None, media_rows=None):  # fmt: skip
+        hidden = self.embed(input_ids, media_embeds, media_rows)
+        return self.run_layers(hidden, position_ids, past_lens, block_tables, kv_cache)
+
+
+class MiddleStage(PagedDecoder):
+    def forward(self, hidden_in, position_ids, past_lens, block_tables, kv_cache):
+        return self.run_layers(hidden_in, position_ids, past_lens, block_tables, kv_cache)
+
+
+class LastStage(PagedDecoder):
+    def forward(self, hidden_in, position_ids, past_lens, block_tables, logit_index, kv_cache):
+        hidden, new_kv = self.run_layers(hidden_in, position_ids, past_lens, block_tables, kv_cache)
+        return self.head(hidden, logit_index), new_kv
+
+
+def stage_ranges(num_layers: int, stages: int) -> list[range]:
+    """Contiguous layer ranges, as even as they go (earlier stages take the extra layer)."""
+    if not 1 <= stages <= num_layers:
+        raise ValueError(f"{stages} pipeline stages over {num_layers} layers")
+    sizes = [num_layers // stages + (index < num_layers % stages) for index in range(stages)]
+    starts = [sum(sizes[:index]) for index in range(stages)]
+    return [range(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+
+
+def decoder_stage(
+    model: nn.Module, family: DecoderFamily, media: bool, layers: range | None = None
+) -> PagedDecoder:
+    """The single-graph decoder (`layers` None or every layer), or the stage over `layers`."""
+    count = len(family.text_model(model).layers)
+    layers = layers if layers is not None else range(count)
+    first, last = layers.start == 0, layers.stop == count
+    kind = PagedDecoder if first and last else FirstStage if first else LastStage if last else MiddleStage
+    return kind(model, family, media, layers)

@@ -33,10 +33,13 @@ class Engine(ABC):
         """The pool this engine reads K/V from, where its compute is: host memory here."""
         return HostKVPool(spec)
 
-    def run_step(self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping) -> np.ndarray:
+    def run_step(
+        self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping, output: str = io.LOGITS
+    ) -> np.ndarray:
         """One decoder call: K/V read from `pool`, the call's new K/V written into it at `slots`;
-        returns the logits (host float32 [B, T, V]). Engines with a device pool override this so
-        that only the logits cross to the host."""
-        logits, new_kv = self.run({**feeds, **pool.feeds(list(self.input_dtypes))}, [io.LOGITS, io.NEW_KV])
+        returns `output` as a host array: the logits (float32 [B, T, V]), or a pipeline stage's
+        hidden_out (runtime/stages.py). Engines with a device pool override this so that only
+        that output crosses to the host."""
+        result, new_kv = self.run({**feeds, **pool.feeds(list(self.input_dtypes))}, [output, io.NEW_KV])
         pool.write(new_kv, slots)
-        return logits
+        return result

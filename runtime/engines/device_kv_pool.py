@@ -62,23 +62,26 @@ def _cupy():
 
 
 class DeviceKVPool(KVPool):
-    def __init__(self, spec: KVPoolSpec) -> None:
+    def __init__(self, spec: KVPoolSpec, device: int = 0) -> None:
+        """The pool on CUDA device `device` (a pipeline stage's, `--devices`); every launch and
+        copy below runs there."""
         cp = _cupy()
         itemsize = np.dtype(spec.dtype).itemsize
         if itemsize not in ITEM_TYPES:
             raise RuntimeUserError(f"a device KV pool holds 2- or 4-byte values, not {np.dtype(spec.dtype)}")
-        self.spec = spec
-        try:
-            self.array = cp.zeros(spec.shape, spec.dtype)
-        except cp.cuda.memory.OutOfMemoryError:
-            raise RuntimeUserError(
-                f"the KV pool ({spec.nbytes / 2**30:.2f} GiB, {spec.num_blocks} blocks) does not fit in "
-                "GPU memory; serve with fewer --kv-blocks"
-            ) from None
-        source = SCATTER_SOURCE.replace("ITEM", ITEM_TYPES[itemsize])
-        self._kernel = cp.RawKernel(source, "scatter_kv")
-        self._kernel.compile()  # now, not inside a CUDA graph capture
-        self._slots = cp.zeros(0, np.int64)
+        self.spec, self.device = spec, device
+        with cp.cuda.Device(device):
+            try:
+                self.array = cp.zeros(spec.shape, spec.dtype)
+            except cp.cuda.memory.OutOfMemoryError:
+                raise RuntimeUserError(
+                    f"the KV pool ({spec.nbytes / 2**30:.2f} GiB, {spec.num_blocks} blocks) does not fit "
+                    f"in the memory of GPU {device}; serve with fewer --kv-blocks"
+                ) from None
+            source = SCATTER_SOURCE.replace("ITEM", ITEM_TYPES[itemsize])
+            self._kernel = cp.RawKernel(source, "scatter_kv")
+            self._kernel.compile()  # now, not inside a CUDA graph capture
+            self._slots = cp.zeros(0, np.int64)
 
     @property
     def ptr(self) -> int:
@@ -102,7 +105,7 @@ class DeviceKVPool(KVPool):
         `stream_ptr`. (A captured graph reads a fixed buffer of its own instead.)"""
         cp = _cupy()
         host = slots.as_array().ravel()
-        with cp.cuda.ExternalStream(stream_ptr):
+        with cp.cuda.Device(self.device), cp.cuda.ExternalStream(stream_ptr):
             if self._slots.size < host.size:
                 self._slots = cp.empty(host.size, np.int64)
             device = self._slots[: host.size]
@@ -132,12 +135,13 @@ class DeviceKVPool(KVPool):
             np.int32(spec.block_size),
             np.int32(spec.heads_major),
         )
-        with cp.cuda.ExternalStream(stream_ptr):
+        with cp.cuda.Device(self.device), cp.cuda.ExternalStream(stream_ptr):
             self._kernel((grid,), (THREADS,), args)
 
     def synchronize(self, stream_ptr: int = 0) -> None:
         cp = _cupy()
-        cp.cuda.ExternalStream(stream_ptr).synchronize()
+        with cp.cuda.Device(self.device):
+            cp.cuda.ExternalStream(stream_ptr).synchronize()
 
     def write(self, new_kv, slots: SlotMapping) -> None:
         """`new_kv` a CuPy array on the device."""

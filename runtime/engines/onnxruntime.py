@@ -25,20 +25,24 @@ TOKENS_MAJOR = "L,2,NB,bs,KVH,D"  # the portable graph's per-layer inputs, stack
 
 
 class OnnxRuntimeEngine(Engine):
-    def __init__(self, path: Path, threads: int = 0, spinning: bool = True) -> None:
+    def __init__(
+        self, path: Path, threads: int = 0, spinning: bool = True, device: int | None = None
+    ) -> None:
         """`threads` 0: all cores. `spinning` False: the session's threads sleep between calls
         instead of spinning for the next one; for processes that call several engines in turn
         (bench engines), where an idle engine's spinning threads take the cores from the busy one
-        (one decode step measured 7.5 ms alone, 14.5 ms beside another spinning engine)."""
+        (one decode step measured 7.5 ms alone, 14.5 ms beside another spinning engine). `device`:
+        the CUDA device where onnxruntime-gpu is installed (a pipeline stage's); None: device 0."""
         options = ort.SessionOptions()
         # The saved graph is already fused (EXTENDED); ALL adds this CPU's layout optimizations.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
-        ]
+        self.device = device or 0
+        providers: list = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_dtypes = {i.name: np.dtype(ort_type_to_numpy(i.type)) for i in self.session.get_inputs()}
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -62,23 +66,25 @@ class OnnxRuntimeEngine(Engine):
             return super().create_kv_pool(spec)
         from runtime.engines.device_kv_pool import DeviceKVPool
 
-        return DeviceKVPool(spec)
+        return DeviceKVPool(spec, self.device)
 
-    def run_step(self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping) -> np.ndarray:
+    def run_step(
+        self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping, output: str = io.LOGITS
+    ) -> np.ndarray:
         if not self.on_gpu:
-            return super().run_step(feeds, pool, slots)
+            return super().run_step(feeds, pool, slots, output)
         binding = self.session.io_binding()
         for name, array in feeds.items():  # the small inputs: ids, positions, tables, …
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name, (ptr, shape) in pool.feeds(list(self.input_dtypes)).items():
-            binding.bind_input(name, "cuda", 0, np.dtype(pool.spec.dtype), list(shape), ptr)
-        binding.bind_output(io.LOGITS, "cpu")
-        binding.bind_output(io.NEW_KV, "cuda", 0)
+            binding.bind_input(name, "cuda", self.device, np.dtype(pool.spec.dtype), list(shape), ptr)
+        binding.bind_output(output, "cpu")
+        binding.bind_output(io.NEW_KV, "cuda", self.device)
         self.session.run_with_iobinding(binding)  # synchronizes its stream before returning
-        logits, new_kv = binding.get_outputs()
+        result, new_kv = binding.get_outputs()
         pool.write_at(new_kv.data_ptr(), tuple(new_kv.shape()), slots)
         pool.synchronize()  # the next call reads the pool; new_kv is freed with its OrtValue
-        return logits.numpy()
+        return result.numpy()
 
 
 def ort_type_to_numpy(ort_type: str) -> str:

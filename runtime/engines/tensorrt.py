@@ -77,9 +77,13 @@ class _Graph(NamedTuple):
 
 
 class TensorRTEngine(Engine):
-    def __init__(self, path: Path, cuda_graphs: bool = True) -> None:
+    def __init__(self, path: Path, cuda_graphs: bool = True, device: int | None = None) -> None:
+        """`device`: the CUDA device this engine, its buffers and its KV pool live on (a pipeline
+        stage's, `--devices`); None: the current one (0)."""
         import tensorrt as trt
 
+        self.device = device or 0
+        cuda.set_device(self.device)
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -138,7 +142,7 @@ class TensorRTEngine(Engine):
                 f"a KV pool of {spec.num_blocks} blocks exceeds the {most} this plan was built for; "
                 "serve with fewer --kv-blocks, or rebuild with a larger --max-batch or --max-seq-len"
             )
-        self.pool = DeviceKVPool(spec)
+        self.pool = DeviceKVPool(spec, self.device)
         for runner in self.profiles:
             runner.bind_pool(self.pool)
         return self.pool
@@ -158,17 +162,21 @@ class TensorRTEngine(Engine):
         if self.kv_names:
             raise TensorRTRuntimeError("a TensorRT decoder runs through run_step, with its device KV pool")
         shapes = {name: feeds[name].shape for name in self.inputs}
+        cuda.set_device(self.device)
         return self._runner(feeds, shapes, decode=False).run(feeds, outputs)
 
-    def run_step(self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping) -> np.ndarray:
+    def run_step(
+        self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping, output: str = io.LOGITS
+    ) -> np.ndarray:
         if pool is not self.pool:
             raise TensorRTRuntimeError("run_step takes the KV pool this engine created (create_kv_pool)")
-        decode = feeds[io.INPUT_IDS].shape[1] == 1 and len(self.profiles) > 1
+        cuda.set_device(self.device)  # stages on other devices may have run on this thread
+        decode = feeds[io.POSITION_IDS].shape[-1] == 1 and len(self.profiles) > 1
         if decode:
             feeds = {**feeds, io.BLOCK_TABLES: pad_block_tables(feeds[io.BLOCK_TABLES], self.decode_blocks)}
         shapes = {name: feeds[name].shape for name in self.inputs if name not in self.kv_names}
         shapes |= {name: pool.layer_shape() for name in self.kv_names}
-        return self._runner(feeds, shapes, decode).run_step(feeds, shapes, slots)
+        return self._runner(feeds, shapes, decode).run_step(feeds, shapes, slots, output)
 
     def close(self) -> None:
         for runner in self.profiles:
@@ -297,7 +305,7 @@ class ProfileRunner:
         return self._download(context, outputs)
 
     def run_step(
-        self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], slots: SlotMapping
+        self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple], slots: SlotMapping, output: str
     ) -> np.ndarray:
         self._upload(feeds)
         mapping = slots.as_array()
@@ -305,7 +313,7 @@ class ProfileRunner:
         stage[...] = mapping
         cuda.copy_to_device(self.slots.ptr, stage, self.owner.stream)
         context = self._execute({n: shapes[n] for n in self.owner.inputs}, scatter_tokens=len(slots))
-        return self._download(context, [io.LOGITS])[0]
+        return self._download(context, [output])[0]
 
     def _capture(self, key: tuple, shapes: dict[str, tuple], scatter_tokens: int | None) -> _Graph:
         """A graph on a context of its own, whose shapes never change after capture: the plan and

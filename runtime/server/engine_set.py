@@ -29,6 +29,7 @@ class EngineOptions:
     threads: int = 0
     kv_blocks: int | None = None
     max_batch: int | None = None
+    devices: tuple[int, ...] = ()  # CUDA device per pipeline stage; (): the first
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class EngineSet:
             kv_blocks=o.kv_blocks,
             max_batch=o.max_batch,
             prefix_caching=True,
+            devices=o.devices,
         )
 
     # ---- caller threads ------------------------------------------------------------------

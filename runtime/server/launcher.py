@@ -59,6 +59,7 @@ class ServeConfig:
     ssl_certfile: Path | None = None  # PEM certificate (chain): the gateway serves HTTPS
     ssl_keyfile: Path | None = None  # its PEM private key, unencrypted
     replicas: int = 1  # copies of the llm model (llm, llm_1, …) and instances of each encoder
+    devices: tuple[int, ...] = ()  # CUDA device per text decoder pipeline stage; (): the first
     power_policy: PowerPolicy | None = None  # switch precision and throttle by battery and heat
     sysfs_root: Path = Path("/sys")  # where the power policy reads batteries and temperatures
     power_interval_s: float = 2.0  # how often it reads them
@@ -100,6 +101,8 @@ def plan_models(manifest: Manifest, config: ServeConfig, precision: str) -> dict
     )
     common = {"engines_dir": str(config.engines_dir.resolve()), "threads": str(threads)}
     llm = {**common, "precision": precision, "kv_blocks": str(config.kv_blocks)}
+    if config.devices:
+        llm["devices"] = ",".join(map(str, config.devices))
     names = replica_names("llm", config.replicas)
     extra = {REPLICAS_PARAMETER: ",".join(names)} if config.replicas > 1 else {}
     models = {name: {**llm, **extra} for name in names}
@@ -129,7 +132,7 @@ def instance_groups(models: dict, replicas: int, gpus: int) -> dict[str, list[di
 
 def replica_gpus(manifest: Manifest, precision: str) -> int:
     """GPUs the replicas spread over: those CUDA sees when the decoder engine is TensorRT, else 0."""
-    if manifest.engines["text_decoder"][precision].backend != "tensorrt":
+    if manifest.decoder_backend(precision) != "tensorrt":
         return 0
     from runtime.cuda import device_count
 

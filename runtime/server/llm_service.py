@@ -51,6 +51,7 @@ class ServiceConfig:
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
     kv_blocks: int | None = None  # None: room for max_batch sequences of max_seq_len
     max_batch: int | None = None  # None: the batch the engines were built for
+    devices: tuple[int, ...] = ()  # CUDA device per pipeline stage (runtime/stages.py); (): the first
 
 
 class ResponseSink(Protocol):
@@ -87,7 +88,7 @@ class _Live:
 class LLMService:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        options = EngineOptions(config.threads, config.kv_blocks, config.max_batch)
+        options = EngineOptions(config.threads, config.kv_blocks, config.max_batch, config.devices)
         self.engines = EngineSet(config.engines_dir, config.precision, options)
         self.engine = self.engines.default  # the configured precision's; others load on request
         self.precision, self.limits = self.engine.precision, self.engine.limits

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from builder.export.paged_decoder import PagedDecoder
-from builder.export.text_decoder import ATOL, RTOL, _torch_args, decoder_feeds
+from builder.export.text_decoder import ATOL, RTOL, decoder_feeds, torch_args
 from builder.model_dir import open_model_dir
 from runtime import decoder_io as io
 from runtime.manifest import Manifest
@@ -63,7 +63,7 @@ def test_onnx_matches_pytorch_on_fresh_inputs(built, batch, seq, past):
     session = ort.InferenceSession(str(work_dir(engines) / "text_decoder.fp32.onnx"))
     logits, new_kv = session.run(list(io.OUTPUTS), feeds)
     with torch.no_grad():
-        ref_logits, ref_kv = (t.numpy() for t in decoder(*_torch_args(feeds, decoder.shape.num_layers)))
+        ref_logits, ref_kv = (t.numpy() for t in decoder(*torch_args(decoder, feeds)))
     np.testing.assert_allclose(logits, ref_logits, atol=ATOL + RTOL * np.abs(ref_logits).max(), rtol=0)
     np.testing.assert_allclose(new_kv, ref_kv, atol=ATOL + RTOL * np.abs(ref_kv).max(), rtol=0)
 

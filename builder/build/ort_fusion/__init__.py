@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import optimize
@@ -48,6 +49,18 @@ def _pre_optimize(model: ir.Model) -> None:
     optimize(model)
 
 
+def _token_stand_in(model: ir.Model, hidden_in: ir.Value | None) -> ir.Value | None:
+    """A later pipeline stage has no input_ids, whose [B, S] shape the fused operators' inputs are
+    computed from: zeros of hidden_in's first two axes stand in (B·S int64s, per call)."""
+    if hidden_in is None:
+        return None
+    shape = ir.node("Shape", [hidden_in], attributes={"start": 0, "end": 2}, name="tokens/shape")
+    zeros = ir.node("ConstantOfShape", [shape.outputs[0]], name="tokens/zeros",
+                    attributes={"value": ir.tensor(np.zeros(1, np.int64))})  # fmt: skip
+    model.graph.insert_before(model.graph[0], [shape, zeros])
+    return zeros.outputs[0]
+
+
 def fuse_decoder(model: ir.Model) -> FusionReport:
     """Fuse a text decoder graph in place (fp32, int8 or int4 activations in fp32)."""
     report = FusionReport()
@@ -61,14 +74,15 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
     record("SkipSimplifiedLayerNormalization", fuse_skip_rms_normalization(model), "onnxscript")
     record("rotary (x·cos + rotate_half(x)·sin)", fuse_rotary_embedding(model), "onnxscript")
     inputs = {value.name: value for value in model.graph.inputs}
-    if io.INPUT_IDS in inputs and io.PAST_LENS in inputs:
-        glm_rotary = pattern.RewriteRuleSet([InterleavedPartialRotary.rule(inputs[io.INPUT_IDS])])
+    tokens = inputs.get(io.INPUT_IDS) or _token_stand_in(model, inputs.get(io.HIDDEN_IN))
+    if tokens is not None and io.PAST_LENS in inputs:
+        glm_rotary = pattern.RewriteRuleSet([InterleavedPartialRotary.rule(tokens)])
         record(
             "rotary, interleaved partial (GLM) → RotaryEmbedding",
             glm_rotary.apply_to_model(model),
             "autoglm-trt",
         )
-        rule = PagedAttentionToGQA.rule(inputs[io.INPUT_IDS], inputs[io.PAST_LENS])
+        rule = PagedAttentionToGQA.rule(tokens, inputs[io.PAST_LENS])
         fused = pattern.RewriteRuleSet([rule]).apply_to_model(model)
         record("GroupQueryAttention (paged)", fused, "autoglm-trt")
         if fused:  # ORT's CPU GQA: see paged_attention.py

@@ -65,7 +65,9 @@ class _Shape:
     block_size: int
     kv_heads: int
     head_dim: int
-    vocab: int
+    vocab: int | None  # None: a pipeline stage that hands on hidden states
+    hidden: int | None  # hidden_in's width (a later pipeline stage)
+    output: str  # logits, or hidden_out (a pipeline stage before the last)
     position_rank: int
     media_width: int | None
     kv_dtype: np.dtype
@@ -78,12 +80,15 @@ def _shape_of(graph: Path) -> _Shape:
     kv = inputs["key_cache.0"]
     dims = [d.dim_value for d in kv.shape.dim]
     media = inputs.get(io.MEDIA_EMBEDS)
+    hidden = inputs.get(io.HIDDEN_IN)
     return _Shape(
         layers=sum(1 for name in inputs if name.startswith("key_cache.")),
         block_size=dims[1],
         kv_heads=dims[2],
         head_dim=dims[3],
-        vocab=outputs[io.LOGITS].shape.dim[2].dim_value,
+        vocab=outputs[io.LOGITS].shape.dim[2].dim_value if io.LOGITS in outputs else None,
+        hidden=hidden.shape.dim[2].dim_value if hidden is not None else None,
+        output=io.LOGITS if io.LOGITS in outputs else io.HIDDEN_OUT,
         position_rank=len(inputs[io.POSITION_IDS].shape.dim),
         media_width=media.shape.dim[1].dim_value if media is not None else None,
         kv_dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kv.elem_type)),
@@ -96,7 +101,7 @@ def _feeds(shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int
     tables = 1 + rng.permutation(batch * blocks).reshape(batch, blocks)
     positions = np.asarray(past)[:, None] + np.arange(seq)
     feeds = {
-        io.INPUT_IDS: rng.integers(0, shape.vocab, (batch, seq)),
+        io.INPUT_IDS: rng.integers(0, shape.vocab or 1000, (batch, seq)),
         io.POSITION_IDS: np.broadcast_to(positions, (3, batch, seq))
         if shape.position_rank == 3
         else positions,
@@ -109,6 +114,8 @@ def _feeds(shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int
         (shape.layers, 2, 1 + batch * blocks, shape.block_size, shape.kv_heads, shape.head_dim)
     )
     feeds[io.KV_POOL] = pool.astype(shape.kv_dtype)
+    if shape.hidden is not None:
+        feeds[io.HIDDEN_IN] = rng.standard_normal((batch, seq, shape.hidden)).astype(np.float32)
     if shape.media_width is not None:  # text-only steps: one zero row, no row taken
         feeds[io.MEDIA_EMBEDS] = np.zeros((1, shape.media_width), np.float32)
         feeds[io.MEDIA_ROWS] = np.full((batch, seq), -1, np.int64)
@@ -137,13 +144,12 @@ def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np
     if io.KV_POOL not in names:  # the portable graph takes the pool per layer
         for index, name in enumerate(io.kv_input_names(pool.shape[0])):
             given[name] = np.ascontiguousarray(pool[index // 2, index % 2])
-    if io.MEDIA_EMBEDS in names:
-        given[io.MEDIA_EMBEDS] = given[io.MEDIA_EMBEDS].astype(
-            np.float16
-            if "float16" in next(i.type for i in session.get_inputs() if i.name == io.MEDIA_EMBEDS)
-            else np.float32
-        )
-    return session.run([io.LOGITS, io.NEW_KV], given)
+    for name in (io.MEDIA_EMBEDS, io.HIDDEN_IN):  # fp16 engines take them in fp16
+        if name in names:
+            kind = next(i.type for i in session.get_inputs() if i.name == name)
+            given[name] = given[name].astype(np.float16 if "float16" in kind else np.float32)
+    outputs = [o.name for o in session.get_outputs() if o.name != io.NEW_KV]
+    return session.run([*outputs, io.NEW_KV], given)
 
 
 def _check(case: str, output: str, ref: np.ndarray, got: np.ndarray, min_cosine: float) -> EngineCheck:
@@ -210,7 +216,7 @@ def compare_engine(reference: Path, engine: Path, min_cosine: float, threads: in
     checks = []
     for case, feeds, ref in cases:
         got = _run(engine_session, feeds)
-        checks.append(_check(case, io.LOGITS, ref[0], got[0], min_cosine))
+        checks.append(_check(case, shape.output, ref[0], got[0], min_cosine))
         checks.append(_check(case, io.NEW_KV, ref[1], got[1], min_cosine))
     return checks
 

@@ -100,6 +100,7 @@ class TritonPythonModel:
                 precision=params.get("precision", "auto"),
                 threads=int(params.get("threads", 0)),
                 kv_blocks=int(params.get("kv_blocks", 0)) or None,
+                devices=tuple(int(d) for d in params.get("devices", "").split(",") if d),
             )
         )
         self.encoders = TritonEncoders()
