@@ -158,6 +158,15 @@ def copy_to_host(dst: np.ndarray, src: int, stream: Stream) -> None:
     _ok(rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, stream.handle), "cudaMemcpyAsync D2H")
 
 
+def copy_peer(dst: int, dst_device: int, src: int, src_device: int, nbytes: int, stream: Stream) -> None:
+    """Device to device, across GPUs too (cudaMemcpyPeerAsync: over NVLink or PCIe peer access
+    where the GPUs have it, staged by the driver otherwise)."""
+    rt = _runtime()
+    _ok(
+        rt.cudaMemcpyPeerAsync(dst, dst_device, src, src_device, nbytes, stream.handle), "cudaMemcpyPeerAsync"
+    )
+
+
 @dataclass
 class CudaGraph:
     """Work captured from a stream once (cudaStreamBeginCapture/EndCapture), replayed by launch."""

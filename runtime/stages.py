@@ -5,7 +5,8 @@ the manifest with their layer ranges. To the decoder and the scheduler a `Staged
 engine: the block tables and the slot mapping are shared, while each stage's engine creates its
 own KV pool (its layers only) where it computes, on its own device (`--devices`). A step runs the
 first stage on the token inputs, hands each stage's hidden states to the next and returns the last
-stage's logits.
+stage's logits. On GPUs the hidden states stay in device memory (a DeviceTensor) and the next stage
+copies them peer to peer onto its own GPU; on the CPU they are host arrays.
 """
 
 from __future__ import annotations

@@ -25,9 +25,14 @@ def _model(tmp_path_factory, preset: str) -> Path:
     return out
 
 
-def _engines(tmp_path_factory, model: Path, precisions=("fp32", "fp16"), suffix: str = "") -> Path:
+def _engines(
+    tmp_path_factory, model: Path, precisions=("fp32", "fp16"), suffix: str = "", stages: int = 1
+) -> Path:
+    """`stages` > 1: the text decoder in that many pipeline stages (their graphs in a work dir of
+    their own, so other stage counts do not re-export them)."""
     base = tmp_path_factory.getbasetemp()
     out = base / "engines" / f"{model.name}{suffix}"
+    work = base / "build" / (model.name if stages == 1 else f"{model.name}-stages{stages}")
     if not (out / "manifest.json").exists():
         run_cli(
             "build",
@@ -36,10 +41,11 @@ def _engines(tmp_path_factory, model: Path, precisions=("fp32", "fp16"), suffix:
             "--out",
             out,
             "--work-dir",
-            base / "build" / model.name,
+            work,
             *(arg for precision in precisions for arg in ("--precision", precision)),
             "--backend",
             "onnxruntime",
+            *(("--pipeline-stages", str(stages)) if stages > 1 else ()),
         )
     return out
 

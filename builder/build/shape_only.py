@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import onnx
@@ -27,6 +28,7 @@ from builder.build.components import (
     components_for,
 )
 from builder.build.shape_only_report import GraphSummary, print_summaries, summarise, write_report
+from builder.build.stage_memory import print_stage_memory, stage_memory
 from builder.config import BuildConfig, CalibrationConfig, ExportConfig, Precision
 from builder.model_dir import ModelDir
 from builder.trt_check import check_graph
@@ -73,12 +75,15 @@ def stand_in_model(model_dir: ModelDir) -> torch.nn.Module:
     return model.eval()
 
 
-def _text_decoder_program(model, model_dir: ModelDir, cfg: ExportConfig) -> torch.onnx.ONNXProgram:
-    from builder.export.paged_decoder import PagedDecoder
+def _text_decoder_program(
+    model, model_dir: ModelDir, cfg: ExportConfig, layers: range | None = None
+) -> torch.onnx.ONNXProgram:
+    """The whole decoder, or the pipeline stage over `layers`."""
+    from builder.export.paged_decoder import decoder_stage
     from builder.export.text_decoder import text_decoder_program
 
     media = any(component.present(model_dir) for component in MEDIA_COMPONENTS)
-    return text_decoder_program(PagedDecoder(model, model_dir.family, media=media).eval(), cfg)
+    return text_decoder_program(decoder_stage(model, model_dir.family, media, layers).eval(), cfg)
 
 
 def _vision_encoder_program(model, model_dir: ModelDir, cfg: ExportConfig) -> torch.onnx.ONNXProgram:
@@ -114,13 +119,17 @@ def fp32_graph(component: Component, model_fn: Callable[[], torch.nn.Module], mo
     graph = work / f"{name}.fp32.onnx"
     wanted = {"version": SHAPE_ONLY_VERSION, "format": component.export_format,
               "source_hash": model_dir.source_hash(), "config": cfg.as_dict()}  # fmt: skip
+    wanted |= component.export_settings()
     step = StepRecord(work / f"{name}.fp32.shape-only.json", wanted)
     # its weights are shape-only stand-ins (no bytes to check), so the graph file is all there is
     if step.current(graph, whole=Path.is_file) is not None:
         note(f"{name} shape-only fp32 ONNX up to date: {graph}")
         return graph
     with stage(f"export {name} → ONNX, shape-only weights (batch 1–{cfg.max_batch})"), step.redo():
-        program = PROGRAMS[name](model_fn(), model_dir, cfg)
+        if component.layers:  # a pipeline stage of the text decoder
+            program = _text_decoder_program(model_fn(), model_dir, cfg, range(*component.layers))
+        else:
+            program = PROGRAMS[name](model_fn(), model_dir, cfg)
         shape_only_graph(program, graph)
     return graph
 
@@ -165,9 +174,10 @@ def check_shape_only(model_dir: ModelDir, cfg: BuildConfig, work: Path) -> list[
     raises TensorRTCompatError when a graph fails the check."""
     start = time.perf_counter()
     write_no_weights_file(work)
-    components = [c for c in components_for(model_dir) if c.name in PROGRAMS]
-    for component in components_for(model_dir):
-        if component.name not in PROGRAMS:
+    every = components_for(model_dir, cfg.pipeline_stages)
+    components = [c for c in every if c.name in PROGRAMS or c.layers]
+    for component in every:
+        if component not in components:
             note(f"{component.name} skipped: it has no shape-only export")
     if Precision.int8 in cfg.precisions:
         note(INT8_SKIPPED)
@@ -191,7 +201,11 @@ def check_shape_only(model_dir: ModelDir, cfg: BuildConfig, work: Path) -> list[
             summaries.append(summarise(component.name, precision.value, graph, check))
     print_reports(checks)
     print_summaries(summaries)
+    if cfg.pipeline_stages > 1:
+        memory = stage_memory(model_dir, cfg, components, summaries)
+        print_stage_memory(memory, cfg)
     skipped = {Precision.int8.value: INT8_SKIPPED} if Precision.int8 in cfg.precisions else {}
-    write_report(work / "shape_check.json", model_dir, summaries, skipped, time.perf_counter() - start)
+    extra = {"stage_memory": [asdict(row) for row in memory]} if cfg.pipeline_stages > 1 else {}
+    write_report(work / "shape_check.json", model_dir, summaries, skipped, time.perf_counter() - start, extra)
     raise_on_failure(checks)
     return summaries

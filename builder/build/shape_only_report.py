@@ -104,7 +104,12 @@ def print_summaries(summaries: list[GraphSummary]) -> None:
 
 
 def write_report(
-    path: Path, model_dir: ModelDir, summaries: list[GraphSummary], skipped: dict, seconds: float
+    path: Path,
+    model_dir: ModelDir,
+    summaries: list[GraphSummary],
+    skipped: dict,
+    seconds: float,
+    extra: dict | None = None,
 ) -> None:
     write_json_atomic(
         path,
@@ -114,5 +119,6 @@ def write_report(
             "graphs": [asdict(s) for s in summaries],
             "skipped": skipped,
             "seconds": round(seconds, 1),
+            **(extra or {}),
         },
     )

@@ -159,7 +159,7 @@ def trt_engine_from_onnx(
 
     compat.require_supported(trt)
     inputs = graph_inputs(graph)
-    is_decoder = io.INPUT_IDS in inputs and io.BLOCK_TABLES in inputs
+    is_decoder = io.BLOCK_TABLES in inputs  # the text decoder or one of its pipeline stages
     profiles = profiles_for(inputs, axes, decoder=is_decoder)
     has_qdq = _has_qdq(graph)
     cache_file = find_calibration_cache(component, engines_dir, graph.parent) if precision == "int8" else None

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from runtime import decoder_io as io
 from runtime.kv.pool import HostKVPool, KVPool, KVPoolSpec, SlotMapping
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """An output left in GPU memory for the next engine: a pipeline stage's hidden states, handed
+    device to device (runtime/stages.py). Valid until its engine's next call."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    device: int
+    owner: object = None  # what keeps the memory alive (an ONNX Runtime OrtValue)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
 
 class Engine(ABC):
@@ -37,9 +54,10 @@ class Engine(ABC):
         self, feeds: dict[str, np.ndarray], pool: KVPool, slots: SlotMapping, output: str = io.LOGITS
     ) -> np.ndarray:
         """One decoder call: K/V read from `pool`, the call's new K/V written into it at `slots`;
-        returns `output` as a host array: the logits (float32 [B, T, V]), or a pipeline stage's
-        hidden_out (runtime/stages.py). Engines with a device pool override this so that only
-        that output crosses to the host."""
+        returns `output`: the logits (host float32 [B, T, V]), or a pipeline stage's hidden_out
+        (runtime/stages.py): a host array here, a DeviceTensor from engines on a GPU, which take
+        one as the next stage's hidden_in. Engines with a device pool override this so that only
+        the logits cross to the host."""
         result, new_kv = self.run({**feeds, **pool.feeds(list(self.input_dtypes))}, [output, io.NEW_KV])
         pool.write(new_kv, slots)
         return result

@@ -138,6 +138,17 @@ class DeviceKVPool(KVPool):
         with cp.cuda.Device(self.device), cp.cuda.ExternalStream(stream_ptr):
             self._kernel((grid,), (THREADS,), args)
 
+    def receive(self, tensor):
+        """A copy on this pool's device of `tensor` (a DeviceTensor on another GPU): the hidden
+        states a pipeline stage hands to the next, device to device."""
+        cp = _cupy()
+        with cp.cuda.Device(self.device):
+            copy = cp.empty(tensor.shape, tensor.dtype)
+            cp.cuda.runtime.memcpyPeer(
+                int(copy.data.ptr), self.device, tensor.ptr, tensor.device, tensor.nbytes
+            )
+        return copy
+
     def synchronize(self, stream_ptr: int = 0) -> None:
         cp = _cupy()
         with cp.cuda.Device(self.device):

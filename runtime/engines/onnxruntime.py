@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import decoder_io as io
-from runtime.engines.base import Engine
+from runtime.engines.base import DeviceTensor, Engine
 from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
 
 # Model metadata the ORT engine step writes (builder/build/ort_fusion/): whether a call may batch
@@ -74,16 +74,28 @@ class OnnxRuntimeEngine(Engine):
         if not self.on_gpu:
             return super().run_step(feeds, pool, slots, output)
         binding = self.session.io_binding()
-        for name, array in feeds.items():  # the small inputs: ids, positions, tables, …
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        received = []  # hidden states copied from another GPU, alive until the run ends
+        for name, value in feeds.items():  # the small inputs: ids, positions, tables, …
+            if isinstance(value, DeviceTensor):  # the previous stage's hidden states
+                ptr = value.ptr
+                if value.device != self.device:
+                    received.append(pool.receive(value))
+                    ptr = int(received[-1].data.ptr)
+                binding.bind_input(name, "cuda", self.device, np.dtype(value.dtype), list(value.shape), ptr)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name, (ptr, shape) in pool.feeds(list(self.input_dtypes)).items():
             binding.bind_input(name, "cuda", self.device, np.dtype(pool.spec.dtype), list(shape), ptr)
-        binding.bind_output(output, "cpu")
+        on_device = output == io.HIDDEN_OUT  # stays on this GPU for the next stage
+        binding.bind_output(output, "cuda" if on_device else "cpu", self.device)
         binding.bind_output(io.NEW_KV, "cuda", self.device)
         self.session.run_with_iobinding(binding)  # synchronizes its stream before returning
         result, new_kv = binding.get_outputs()
         pool.write_at(new_kv.data_ptr(), tuple(new_kv.shape()), slots)
         pool.synchronize()  # the next call reads the pool; new_kv is freed with its OrtValue
+        if on_device:
+            dtype = np.dtype(ort_type_to_numpy(result.data_type()))
+            return DeviceTensor(result.data_ptr(), tuple(result.shape()), dtype, self.device, owner=result)
         return result.numpy()
 
 

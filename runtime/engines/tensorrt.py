@@ -34,7 +34,7 @@ import numpy as np
 
 from runtime import cuda
 from runtime import decoder_io as io
-from runtime.engines.base import Engine
+from runtime.engines.base import DeviceTensor, Engine
 from runtime.engines.tensorrt_pool import pad_block_tables
 from runtime.errors import RuntimeUserError
 from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
@@ -214,7 +214,8 @@ class ProfileRunner:
         self.staging = {n: cuda.PinnedArray(size) for n, size in sizes.items()}
         self.kv_addresses: dict[str, int] = {}
         if owner.kv_names:  # the slot mapping [4, T]: at most one slot per new token of the profile
-            batch, seq = self.ranges[io.INPUT_IDS][2]
+            tokens = io.INPUT_IDS if io.INPUT_IDS in self.ranges else io.HIDDEN_IN  # a later stage's
+            batch, seq = self.ranges[tokens][2][:2]
             self.slots = cuda.DeviceBuffer(4 * batch * seq * 8)
             self.slots_staging = cuda.PinnedArray(4 * batch * seq * 8)
         self._bind(self.context)
@@ -251,12 +252,26 @@ class ProfileRunner:
         for name in owner.inputs:
             if name in owner.kv_names:
                 continue
+            if isinstance(feeds[name], DeviceTensor):  # the previous stage's hidden states, on its GPU
+                self._receive(name, feeds[name])
+                shapes[name] = feeds[name].shape
+                continue
             array = np.ascontiguousarray(feeds[name], dtype=owner.dtypes[name])
             stage = self.staging[name].view(array.dtype, array.shape)
             stage[...] = array
             cuda.copy_to_device(self.device[name].ptr, stage, owner.stream)
             shapes[name] = array.shape
         return shapes
+
+    def _receive(self, name: str, tensor: DeviceTensor) -> None:
+        owner = self.owner
+        if np.dtype(tensor.dtype) != owner.dtypes[name]:
+            raise TensorRTRuntimeError(
+                f"{name} arrives as {tensor.dtype}, this plan takes {owner.dtypes[name]}"
+            )
+        cuda.copy_peer(
+            self.device[name].ptr, owner.device, tensor.ptr, tensor.device, tensor.nbytes, owner.stream
+        )
 
     def _execute(self, shapes: dict[str, tuple], scatter_tokens: int | None):
         """Run the plan (and the K/V scatter of `scatter_tokens` tokens) for these input shapes, as
@@ -313,6 +328,10 @@ class ProfileRunner:
         stage[...] = mapping
         cuda.copy_to_device(self.slots.ptr, stage, self.owner.stream)
         context = self._execute({n: shapes[n] for n in self.owner.inputs}, scatter_tokens=len(slots))
+        if output == io.HIDDEN_OUT:  # stays on this GPU: the next stage copies it device to device
+            self.owner.stream.synchronize()  # written before another stream reads it
+            shape = tuple(context.get_tensor_shape(output))
+            return DeviceTensor(self.device[output].ptr, shape, self.owner.dtypes[output], self.owner.device)
         return self._download(context, [output])[0]
 
     def _capture(self, key: tuple, shapes: dict[str, tuple], scatter_tokens: int | None) -> _Graph:

@@ -109,6 +109,39 @@ def test_real_widths_two_layers_within_ram_budget(tmp_path: Path) -> None:
     assert all(g["nodes"] > 100 for g in graphs.values())
 
 
+def test_pipeline_stage_memory_at_real_widths(tmp_path: Path) -> None:
+    """AutoGLM-Phone-9B's widths with 2 decoder layers in 2 pipeline stages: each stage graph
+    passes the TensorRT check, and the memory table adds its weights, its KV pool and (on the first
+    device) the vision encoder as the config says it should."""
+    model = create_preset("autoglm-phone-9b-shape", tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = config["vision_config"]["depth"] = 2
+    (model / "config.json").write_text(json.dumps(config))
+    result = _check_only(model, tmp_path / "work", "--precision", "int8", "--pipeline-stages", "2")
+    assert "Device memory per pipeline stage" in result.stderr  # the console prints to stderr
+    report = json.loads((tmp_path / "work" / "shape_check.json").read_text())
+    graphs = {f"{g['component']}.{g['precision']}": g for g in report["graphs"]}
+    assert all(g["tensorrt_passed"] for g in graphs.values()) and "text_decoder.fp32" not in graphs
+    first, last = graphs["text_decoder_stage0.fp16"], graphs["text_decoder_stage1.fp16"]
+    assert first["outputs"][0] == {"name": "hidden_out", "dtype": "float16", "shape": ["batch", "seq", 4096]}
+    assert last["inputs"][0] == {"name": "hidden_in", "dtype": "float16", "shape": ["batch", "seq", 4096]}
+
+    h, inter, vocab, kv = 4096, 13696, 151552, 2 * 128
+    layer = 2 * h * h + 2 * h * kv + 3 * h * inter
+    rows = {(r["precision"], r["stage"]): r for r in report["stage_memory"]}
+    assert rows.keys() == {(p, s) for p in ("fp32", "fp16", "int8", "int4") for s in (0, 1)}
+    mib = 2**20
+    for stage in (0, 1):  # the embedding table on the first, lm_head on the last, a layer each
+        fp16 = rows[("fp16", stage)]
+        assert abs(fp16["weights_bytes"] - 2 * (vocab * h + layer)) < mib
+        assert fp16["kv_pool_bytes"] == 2 * 1 * 2 * 128 * 2 * 8 * 2048  # K and V, 1 layer, fp16
+        assert rows[("fp32", stage)]["kv_pool_bytes"] == 2 * fp16["kv_pool_bytes"]
+        assert rows[("int8", stage)]["weights_bytes"] == fp16["weights_bytes"] // 2
+        assert rows[("int8", stage)]["weights_estimated"] and not fp16["weights_estimated"]
+    assert rows[("fp16", 0)]["encoder_bytes"] == graphs["vision_encoder.fp16"]["weight_bytes"]
+    assert rows[("fp16", 1)]["encoder_bytes"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.large  # ~9 minutes on 2 cores: `make test-large`, not `make test`
 def test_autoglm_phone_9b_at_full_size_within_ram_budget(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The TensorRT engine's sizing logic, on the CPU: decode block buckets capped at the profile's
 maximum, logits buffers sized for one position per sequence and grown for scoring calls, the
-device KV pool bound in place of KV buffers with only the logits copied back, and the
-execution-context allocation strategy. TensorRT and CUDA are absent here: the buffer test runs the
+device KV pool bound in place of KV buffers with only the logits copied back, a pipeline stage's
+hidden states handed to the next stage's GPU device to device, and the execution-context
+allocation strategy. TensorRT and CUDA are absent here: the buffer test runs the
 engine's own bookkeeping against stand-ins that only record calls and report shapes (no kernels
 run, no results are produced by them)."""
 
@@ -18,6 +19,7 @@ from runtime.engines.tensorrt_pool import block_bucket, pad_block_tables
 from runtime.kv.pool import SlotMapping
 
 VOCAB = 151_552
+HIDDEN = 8
 
 
 @pytest.mark.parametrize(
@@ -87,7 +89,11 @@ class _Context:
         return True
 
     def get_tensor_shape(self, name) -> tuple:
-        batch, seq = self.shapes[io.INPUT_IDS]
+        batch, seq = (
+            self.shapes[io.INPUT_IDS] if io.INPUT_IDS in self.shapes else self.shapes[io.HIDDEN_IN][:2]
+        )
+        if name == io.HIDDEN_OUT:
+            return (batch, seq, HIDDEN)
         if name == io.LOGITS:
             return (*self.shapes[io.LOGIT_INDEX], VOCAB)  # logits only at logit_index's positions
         if name == io.NEW_KV:
@@ -196,10 +202,54 @@ def test_a_decoder_step_binds_the_device_pool_and_copies_back_only_logits(monkey
     slots = SlotMapping.build([(np.array([3]), np.array([5])), (np.array([7]), np.array([0]))])
     feeds = {io.INPUT_IDS: np.array([[11], [12]]), io.LOGIT_INDEX: np.zeros((2, 1), np.int64)}
     shapes = {io.INPUT_IDS: (2, 1), io.LOGIT_INDEX: (2, 1), **{name: pool.layer_shape() for name in kv}}
-    logits = runner.run_step(feeds, shapes, slots)
+    logits = runner.run_step(feeds, shapes, slots, io.LOGITS)
     assert logits.shape == (2, 1, VOCAB)
     assert downloads == [runner.device[io.LOGITS].ptr]  # new_kv stays on the device
     sent = dict(uploads)
     np.testing.assert_array_equal(sent[runner.slots.ptr], [[0, 1], [0, 0], [3, 7], [5, 0]])
     assert set(sent) == {runner.slots.ptr, runner.device[io.INPUT_IDS].ptr, runner.device[io.LOGIT_INDEX].ptr}
     assert pool.scatters == [(runner.device[io.NEW_KV].ptr, (2, 2, 2, 1, 1, 4), runner.slots.ptr, 2)]
+
+
+def test_a_pipeline_stage_hands_its_hidden_states_on_device_to_device(monkeypatch):
+    """Stage 0 on GPU 0 keeps hidden_out on its device; stage 1 on GPU 1 copies it peer to peer into
+    its hidden_in buffer. Nothing of it crosses to the host; only the last stage's logits do."""
+    uploads, downloads, peers = [], [], []
+    monkeypatch.setattr(trt_engine.cuda, "DeviceBuffer", _Buffer)
+    monkeypatch.setattr(trt_engine.cuda, "PinnedArray", _Buffer)
+    monkeypatch.setattr(trt_engine.cuda, "copy_to_device", lambda dst, src, stream: uploads.append(dst))
+    monkeypatch.setattr(trt_engine.cuda, "copy_to_host", lambda dst, src, stream: downloads.append(src))
+    monkeypatch.setattr(trt_engine.cuda, "copy_peer", lambda *args: peers.append(args[:5]))
+    kv = ["key_cache.0", "value_cache.0"]
+    pool_ranges = {name: [(1, 16, 1, 4), (9, 16, 1, 4), (9, 16, 1, 4)] for name in kv}
+    rows = [(1, 1), (4, 1), (4, 1)]
+
+    def stage(ranges, outputs, device):
+        _, owner = _owner({**ranges, **pool_ranges}, kv)
+        owner.outputs, owner.device = outputs, device
+        owner.dtypes |= {io.HIDDEN_OUT: np.dtype(np.float16), io.HIDDEN_IN: np.dtype(np.float16)}
+        owner.pool = _Pool(kv)
+        runner = trt_engine.ProfileRunner(owner, 1, cuda_graphs=False)
+        runner.bind_pool(owner.pool)
+        return runner
+
+    first = stage({io.INPUT_IDS: rows}, [io.HIDDEN_OUT, io.NEW_KV], device=0)
+    last = stage({io.HIDDEN_IN: [(1, 1, HIDDEN), (4, 1, HIDDEN), (4, 1, HIDDEN)], io.LOGIT_INDEX: rows},
+                 [io.LOGITS, io.NEW_KV], device=1)  # fmt: skip
+    slots = SlotMapping.build([(np.array([3]), np.array([5])), (np.array([7]), np.array([0]))])
+    pool_shapes = {name: (9, 16, 1, 4) for name in kv}
+
+    hidden = first.run_step({io.INPUT_IDS: np.array([[11], [12]])}, {io.INPUT_IDS: (2, 1), **pool_shapes},
+                            slots, io.HIDDEN_OUT)  # fmt: skip
+    assert isinstance(hidden, trt_engine.DeviceTensor)
+    assert (hidden.ptr, hidden.shape, hidden.device) == (first.device[io.HIDDEN_OUT].ptr, (2, 1, HIDDEN), 0)
+    assert downloads == []
+
+    feeds = {io.HIDDEN_IN: hidden, io.LOGIT_INDEX: np.zeros((2, 1), np.int64)}
+    shapes = {io.HIDDEN_IN: hidden.shape, io.LOGIT_INDEX: (2, 1), **pool_shapes}
+    logits = last.run_step(feeds, shapes, slots, io.LOGITS)
+    assert logits.shape == (2, 1, VOCAB)
+    assert peers == [(last.device[io.HIDDEN_IN].ptr, 1, hidden.ptr, 0, 2 * HIDDEN * 2)]
+    assert last.device[io.HIDDEN_IN].ptr not in uploads
+    assert downloads == [last.device[io.LOGITS].ptr]
+    assert [len(p.scatters) for p in (first.owner.pool, last.owner.pool)] == [1, 1]  # each stage its pool
