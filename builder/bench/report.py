@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 from builder.bench.results import case_key, precision_rank, used_ratio_names
+from builder.bench.serve import comparison_table
 
 
 def _f(value, spec: str = ".2f") -> str:
@@ -86,13 +87,25 @@ def serve_section(report: dict, out: Path, chart: Path | None) -> list[str]:
     ]
     if report.get("interrupted"):
         lines += ["**Interrupted: partial results.**", ""]
-    rows = [[str(r["concurrency"]), str(r["requests"]), str(r["errors"]), _f(r["requests_per_s"]),
-             _f(r["output_tokens_per_s"], ".1f"), *(_f(r[f"{m}_{p}_ms"], ".1f") for m in ("ttft", "tpot", "itl", "e2e")
-             for p in ("p50", "p90", "p99"))] for r in report["results"]]  # fmt: skip
+    rows = _serve_rows(report["results"])
     header = ["conc", "req", "err", "req/s", "out tok/s", *(f"{m} {p}" for m in ("TTFT", "TPOT", "ITL", "E2E")
               for p in ("p50", "p90", "p99"))]  # fmt: skip
-    lines += ["Latencies in ms.", "", *_table(header, rows)]
-    return lines + _image(out, chart, "serving throughput and latency")
+    if "ratios" not in report:  # one server (or a replica comparison written before the ratio table)
+        lines += ["Latencies in ms.", "", *_table(header, rows)]
+        return lines + _image(out, chart, "serving throughput and latency")
+    lines += ["Each server in turn, started on the same engines (one alive at a time). Latencies in ms.", ""]
+    for run in report["runs"]:
+        lines += [f"### {run['name']} ({run['url']})", "", *_table(header, _serve_rows(run["results"]))]
+    compared_header, compared = comparison_table(report)
+    lines += ["### Ratios", "", "Output tokens/s (above 1: more) and TTFT p50 (below 1: sooner) over each base run.", "",
+              *_table(compared_header, compared)]  # fmt: skip
+    return lines + _image(out, chart, f"serving throughput and latency ({report['runs'][0]['name']})")
+
+
+def _serve_rows(results: list[dict]) -> list[list[str]]:
+    return [[str(r["concurrency"]), str(r["requests"]), str(r["errors"]), _f(r["requests_per_s"]),
+             _f(r["output_tokens_per_s"], ".1f"), *(_f(r[f"{m}_{p}_ms"], ".1f") for m in ("ttft", "tpot", "itl", "e2e")
+             for p in ("p50", "p90", "p99"))] for r in results]  # fmt: skip
 
 
 def write_report(

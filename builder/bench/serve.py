@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -237,28 +238,90 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None]) -> dict:
     return report.as_dict()
 
 
-def compare_replicas(reports: dict[int, dict]) -> dict:
-    """One report from runs of `bench serve` against servers with different replica counts: the
-    first run's report, plus every run's levels under "runs" and, per concurrency level, each
-    later count's output tokens/s and TTFT p50 over the first count's under "replica_ratios"."""
-    (first, base), *others = reports.items()
-    runs = [{"replicas": n, "url": r["url"], "results": r["results"]} for n, r in reports.items()]
-    report = {**base, "runs": runs}
-    report["interrupted"] = any(r.get("interrupted") for r in reports.values())
-    levels = {r["concurrency"]: r for r in base["results"]}
-    report["replica_ratios"] = [
+class Server(StrEnum):
+    GATEWAY = "gateway"  # `autoglm-trt serve --replicas N`: Triton + our OpenAI gateway
+    DYNAMO = "dynamo"  # `autoglm-trt serve --dynamo --workers N`: Dynamo's frontend + our workers
+
+
+class ServerSpec(NamedTuple):
+    """One server `bench serve --engines` starts, benches and stops: our gateway with N LLM
+    replicas, or NVIDIA Dynamo's OpenAI frontend with N of our workers."""
+
+    server: Server
+    instances: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.server.value} x{self.instances}"
+
+
+def compare_runs(reports: dict[ServerSpec, dict]) -> dict:
+    """One report from `bench serve` runs against several servers (same prompts, same levels):
+    the first run's report, every run's levels under "runs", and under "ratios", per run and
+    concurrency level, its output tokens/s and TTFT p50 over those of the first run (our gateway
+    at its first replica count) and, for a later Dynamo run, over the first Dynamo run too."""
+    first = next(iter(reports))
+    first_of = {}
+    for spec in reports:
+        first_of.setdefault(spec.server, spec)
+    runs = [{"name": s.name, "server": s.server.value, "instances": s.instances, "url": r["url"],
+             "results": r["results"], "interrupted": bool(r.get("interrupted"))} for s, r in reports.items()]  # fmt: skip
+    report = {**reports[first], "runs": runs, "interrupted": any(r["interrupted"] for r in runs)}
+    report["ratios"] = [
+        row
+        for spec in reports
+        for base in dict.fromkeys((first, first_of[spec.server]))
+        if base != spec
+        for row in _ratios(spec, reports[spec], base, reports[base])
+    ]
+    return report
+
+
+def _ratios(spec: ServerSpec, report: dict, base: ServerSpec, base_report: dict) -> list[dict]:
+    levels = {r["concurrency"]: r for r in base_report["results"]}
+    return [
         {
-            "replicas": n,
-            "over": first,
+            "run": spec.name,
+            "over": base.name,
             "concurrency": level["concurrency"],
             "throughput_ratio": _ratio(level, levels[level["concurrency"]], "output_tokens_per_s"),
             "ttft_p50_ratio": _ratio(level, levels[level["concurrency"]], "ttft_p50_ms"),
         }
-        for n, other in others
-        for level in other["results"]
+        for level in report["results"]
         if level["concurrency"] in levels
     ]
-    return report
+
+
+def comparison_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the ratio table of a compared report: per concurrency level and run, its
+    output tokens/s and TTFT p50, then both over each base run's (1.00 on the base's own row, "—"
+    where that run is not compared with that base)."""
+    bases = list(dict.fromkeys(r["over"] for r in report["ratios"]))
+    ratios = {(r["run"], r["over"], r["concurrency"]): r for r in report["ratios"]}
+    header = ["conc", "server", "out tok/s", "TTFT p50 ms"]
+    header += [f"{what} vs {base}" for base in bases for what in ("tok/s", "TTFT")]
+    rows = []
+    for conc in sorted({level["concurrency"] for run in report["runs"] for level in run["results"]}):
+        for run in report["runs"]:
+            level = next((r for r in run["results"] if r["concurrency"] == conc), None)
+            if level is None:
+                continue
+            row = [
+                str(conc),
+                run["name"],
+                _num(level["output_tokens_per_s"], ".1f"),
+                _num(level["ttft_p50_ms"], ".1f"),
+            ]
+            for base in bases:
+                same = {"throughput_ratio": 1.0, "ttft_p50_ratio": 1.0} if base == run["name"] else {}
+                ratio = ratios.get((run["name"], base, conc), same)
+                row += [_num(ratio.get("throughput_ratio"), ".2f"), _num(ratio.get("ttft_p50_ratio"), ".2f")]
+            rows.append(row)
+    return header, rows
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def _ratio(level: dict, base: dict, key: str) -> float | None:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from builder.bench.results import case_key, ordered, used_ratio_names
+from builder.bench.serve import comparison_table
 
 
 def console() -> Console:
@@ -151,5 +152,24 @@ def serve_table(report: dict) -> Table:
 def print_serve_report(report: dict) -> None:
     out = console()
     out.print(serve_table(report))
+    if report.get("interrupted"):
+        out.print("(interrupted: partial results)")
+
+
+def print_serve_comparison(report: dict) -> None:
+    """A compared report (`bench serve --replicas 1,2 --dynamo-workers 1,2`): each run's table,
+    then the ratio table over the base runs."""
+    out = console()
+    for run in report["runs"]:
+        out.print(serve_table({**report, "url": f"{run['url']} ({run['name']})", "results": run["results"]}))
+    header, rows = comparison_table(report)
+    table = Table(
+        title="Each server over the base runs (tok/s: above 1 is more; TTFT p50: below 1 is sooner)"
+    )
+    for name in header:
+        table.add_column(name, justify="left" if name == "server" else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
     if report.get("interrupted"):
         out.print("(interrupted: partial results)")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from runtime.errors import RuntimeUserError
+
+if TYPE_CHECKING:
+    from builder.bench.serve import ServerSpec
 
 app = typer.Typer(help="Benchmark built engines and a running server.", no_args_is_help=True)
 
@@ -150,27 +155,40 @@ def serve(
     replicas: Annotated[
         str,
         typer.Option(
-            help="With --engines: LLM replica counts to compare, e.g. 1,2 (a server each, in turn; "
-            "the report adds throughput and TTFT ratios over the first)."
+            help="With --engines: LLM replica counts of our gateway to compare, e.g. 1,2 (a server "
+            "each, in turn; the report adds throughput and TTFT ratios over the first)."
         ),
     ] = "1",
+    dynamo_workers: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engines: after the gateway runs, NVIDIA Dynamo's OpenAI frontend with this "
+            "many of our workers, e.g. 1,2 (a cluster each, in turn, same prompts and levels; ratios "
+            "over the first gateway run and over the first Dynamo run). Needs the `dynamo` extra."
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
 ) -> None:
     """TTFT, TPOT, inter-token and end-to-end latency percentiles, requests/s and output tokens/s at
     each concurrency level, over OpenAI streaming chat completions."""
     from builder.bench.progress import StageLog
-    from builder.bench.serve import ServeBenchConfig, run_serve_bench
+    from builder.bench.serve import ServeBenchConfig, Server, ServerSpec, run_serve_bench
     from builder.bench.tables import print_serve_report
 
     if (url is None) == (engines is None):
         raise RuntimeUserError("give either --url of a running gateway or --engines to start one")
     counts = tuple(dict.fromkeys(int_list(replicas, "--replicas")))
-    if engines is None and counts != (1,):
+    workers = tuple(dict.fromkeys(int_list(dynamo_workers, "--dynamo-workers"))) if dynamo_workers else ()
+    if engines is None and (counts != (1,) or workers):
         raise RuntimeUserError(
-            "--replicas needs --engines: bench serve starts a server per replica count; a server at "
-            "--url has the replicas it was started with (autoglm-trt serve --replicas N)"
+            "--replicas and --dynamo-workers need --engines: bench serve starts a server per count; "
+            "a server at --url has the replicas it was started with (autoglm-trt serve --replicas N)"
         )
+    if workers:
+        from runtime.dynamo.compat import require_dynamo
+
+        require_dynamo()  # before the gateway runs, not after them
     cfg = ServeBenchConfig(
         url=url or "",
         api_key=api_key,
@@ -182,43 +200,57 @@ def serve(
     )
     log = StageLog()
     if engines is None:
-        report = run_serve_bench(cfg, log)
-    else:
-        reports = {}
-        for count in counts:
-            reports[count] = _serve_started(cfg, engines, threads, log, count)
-            if reports[count].get("interrupted"):
-                break
-        if len(reports) > 1:
-            from builder.bench.serve import compare_replicas
+        _finish(run_serve_bench(cfg, log), json_out, plot, print_serve_report, "plot_serve")
+        return
+    specs = [ServerSpec(Server.GATEWAY, n) for n in counts] + [ServerSpec(Server.DYNAMO, n) for n in workers]
+    reports, interrupted = _serve_each(cfg, engines, threads, log, specs)
+    if len(reports) == 1:
+        report = {**next(iter(reports.values())), "interrupted": interrupted}
+        _finish(report, json_out, plot, print_serve_report, "plot_serve")
+        return
+    from builder.bench.serve import compare_runs
+    from builder.bench.tables import print_serve_comparison
 
-            report = compare_replicas(reports)  # the chart shows the first count's levels
-            _finish(report, json_out, plot, _print_compared, "plot_serve")
-            return
-        report = reports[counts[0]]
-    _finish(report, json_out, plot, print_serve_report, "plot_serve")
-
-
-def _print_compared(report: dict) -> None:
-    """Each replica count's table, then a line per level comparing each later count with the first."""
-    from builder.bench.tables import print_serve_report
-
-    for run in report["runs"]:
-        typer.echo(f"{run['replicas']} replica(s):")
-        print_serve_report({**report, "url": run["url"], "results": run["results"], "interrupted": False})
-    for row in report["replica_ratios"]:
-        typer.echo(
-            f"{row['replicas']} replicas vs {row['over']}, concurrency {row['concurrency']}: "
-            f"output tokens/s x{row['throughput_ratio']}, TTFT p50 x{row['ttft_p50_ratio']}"
-        )
-    if report.get("interrupted"):
-        typer.echo("(interrupted: partial results)")
+    report = compare_runs(reports)
+    report["interrupted"] = report["interrupted"] or interrupted
+    _finish(report, json_out, plot, print_serve_comparison, "plot_serve")  # the chart: the first run
 
 
-def _serve_started(cfg, engines: Path, threads: int, log, replicas: int = 1) -> dict:
+def _serve_each(cfg, engines: Path, threads: int, log, specs: list[ServerSpec]) -> tuple[dict, bool]:
+    """Start, bench and stop each server in turn (one alive at a time). Returns the reports and
+    whether Ctrl-C cut the runs short; the reports keep what was measured until then."""
+    reports: dict[ServerSpec, dict] = {}
+    for spec in specs:
+        try:
+            reports[spec] = _serve_started(cfg, engines, threads, log, spec)
+        except KeyboardInterrupt:  # while a server was starting or stopping: it has been stopped
+            log(f"interrupted at {spec.name}")
+            if not reports:
+                raise typer.Exit(INTERRUPTED) from None
+            return reports, True
+        if reports[spec].get("interrupted"):
+            return reports, True
+    return reports, False
+
+
+def _serve_started(cfg, engines: Path, threads: int, log, spec: ServerSpec) -> dict:
     from dataclasses import replace
 
-    from builder.bench.serve import run_serve_bench
+    from builder.bench.serve import Server, run_serve_bench
+
+    if spec.server is Server.GATEWAY:
+        started = _gateway(engines, threads, spec.instances, cfg.api_key, log)
+    else:  # Dynamo's frontend takes no API key; the bench sends it along, unused
+        started = _dynamo(engines, threads, spec.instances, log)
+    with started as (root, served):
+        return run_serve_bench(replace(cfg, url=root, model=cfg.model or served), log)
+
+
+@contextmanager
+def _gateway(
+    engines: Path, threads: int, replicas: int, api_key: str | None, log
+) -> Iterator[tuple[str, str]]:
+    """`autoglm-trt serve --replicas N` as a child process; yields its root URL and model id."""
     from runtime.server.background import start_background_server
 
     extra = (("--threads", str(threads)) if threads else ()) + (
@@ -226,15 +258,33 @@ def _serve_started(cfg, engines: Path, threads: int, log, replicas: int = 1) -> 
     )
     log(f"starting autoglm-trt serve --engines {engines} {' '.join(extra)}".rstrip())
     try:
-        server = start_background_server(engines, api_key=cfg.api_key, extra_args=extra)
+        server = start_background_server(engines, api_key=api_key, extra_args=extra)
     except RuntimeError as error:
         raise RuntimeUserError(f"the server did not start: {error}") from None
     log(f"server ready at {server.base_url}")
     try:
-        return run_serve_bench(replace(cfg, url=server.root, model=cfg.model or server.model), log)
+        yield server.root, server.model
     finally:
         log("stopping the server")
         _stop(server)
+
+
+@contextmanager
+def _dynamo(engines: Path, threads: int, workers: int, log) -> Iterator[tuple[str, str]]:
+    """Dynamo's frontend and N of our workers on a free loopback port (what `autoglm-trt serve
+    --dynamo --workers N` runs); yields the frontend's root URL and the model id."""
+    from runtime.dynamo.launcher import DynamoCluster, DynamoServeConfig
+    from runtime.server.launcher import free_port
+
+    cluster = DynamoCluster(DynamoServeConfig(engines, workers=workers, port=free_port(), threads=threads))
+    log(f"starting dynamo: frontend + {workers} worker(s) on {engines}")
+    cluster.start(say=log)  # on failure or Ctrl-C it stops what it started, then raises
+    log(f"dynamo ready at {cluster.base_url}/v1")
+    try:
+        yield cluster.base_url, cluster.model
+    finally:
+        log("stopping dynamo")
+        cluster.stop()
 
 
 def _stop(server) -> None:

@@ -129,8 +129,8 @@ class DynamoCluster:
                 self.workers.append(self._spawn(self.worker_command(), f"worker-{i}.log"))
             say(f"dynamo: frontend and {self.config.workers} workers starting (logs in {self.log_dir})")
             self._wait_ready()
-        except BaseException:
-            self.stop()
+        except BaseException as error:
+            self.stop(keep_logs=isinstance(error, DynamoStartError))  # the error names a log
             raise
 
     def _wait_ready(self) -> None:
@@ -170,9 +170,10 @@ class DynamoCluster:
         named = [("frontend", self.frontend)] if self.frontend is not None else []
         return named + [(f"worker {i}", p) for i, p in enumerate(self.workers)]
 
-    def stop(self) -> list[int]:
+    def stop(self, keep_logs: bool = False) -> list[int]:
         """SIGTERM the frontend, then the workers (each with its children); SIGKILL what is left
-        after the grace period. Returns the exit codes, frontend first."""
+        after the grace period. Returns the exit codes, frontend first. A temporary state folder
+        is removed unless `keep_logs`."""
         for group in ([self.frontend], self.workers):
             live = [p for p in group if p is not None and p.poll() is None]
             for proc in live:
@@ -185,7 +186,7 @@ class DynamoCluster:
                     _signal_group(proc, signal.SIGKILL)
                     proc.wait(timeout=5)
         codes = [p.returncode for _, p in self.processes()]
-        if self._own_state:
+        if self._own_state and not keep_logs:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         return codes
 
