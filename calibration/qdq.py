@@ -89,11 +89,11 @@ def output_projections(model: onnx.ModelProto, outputs: Iterable[str] = LM_HEAD_
 
 
 def sensitive_projections(model: onnx.ModelProto, candidates: dict[str, str]) -> dict[str, str]:
-    """In a decoder (a graph with `new_kv`; a pipeline stage too): the attention input projections (three or more
+    """In a decoder (a graph with `logits`, or `new_kv`: a pipeline stage too): the attention input projections (three or more
     quantisable matmuls reading one tensor: q, k, v) and the gated-MLP down projections (reading
     silu(gate) · up, i.e. a Mul fed through a Sigmoid). Their inputs carry the per-channel
     outliers of Llama/GLM-style decoders, which one per-tensor int8 scale cannot resolve."""
-    if not any(o.name == NEW_KV_OUTPUT for o in model.graph.output):
+    if not any(o.name in (*LM_HEAD_OUTPUTS, NEW_KV_OUTPUT) for o in model.graph.output):
         return {}
     producer = {out: node for node in model.graph.node for out in node.output}
     readers: dict[str, list[str]] = {}

@@ -77,6 +77,20 @@ def smollm2_engines(tmp_path_factory, smollm2_model) -> Path:
     return _engines(tmp_path_factory, smollm2_model)
 
 
+@pytest.fixture(scope="session")
+def glm4v_tiny_staged(tmp_path_factory, glm4v_tiny_model):
+    """fp32, int8 and int4 in 2 stages."""
+    return _engines(tmp_path_factory, glm4v_tiny_model, ("fp32", "int8", "int4"), "-stages2", stages=2)
+
+
+@pytest.fixture(scope="session")
+def smollm2_staged(tmp_path_factory, smollm2_model):
+    return {
+        stages: _engines(tmp_path_factory, smollm2_model, ("fp32",), f"-stages{stages}", stages=stages)
+        for stages in (2, 3)
+    }
+
+
 @pytest.fixture(params=["glm4v-tiny", "smollm2-135m"])
 def built(request) -> tuple[Path, Path]:
     """(model dir, engines dir) for each preset."""

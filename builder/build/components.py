@@ -112,10 +112,11 @@ def _text_decoder_calibration(model_dir: ModelDir, cfg: CalibrationConfig):
 
 
 # export_format 3: the decoder of a model with encoders takes media_embeds/media_rows;
-# 4: media rows selected with Where (TensorRT has no int64 Clip).
+# 4: media rows selected with Where (TensorRT has no int64 Clip); 5: the forward that pipeline
+# stages share (its graph is 4's, symbolic dims named in input order again).
 TEXT_DECODER = Component(
     "text_decoder",
-    export_format=4,
+    export_format=5,
     present=lambda _: True,
     export=_export_text_decoder,
     calibration=_text_decoder_calibration,

@@ -138,10 +138,14 @@ def _dynamic_shapes(decoder: PagedDecoder, cfg: ExportConfig) -> dict:
         io.MEDIA_ROWS: {0: batch, 1: seq},
     }
     kv_names = io.kv_input_names(decoder.num_layers)
-    # keyed by the forward's parameters: the pool is one list argument
-    names = [name for name in decoder.input_names() if name not in kv_names]
-    result = {name: shapes[name] for name in names}
-    result["kv_cache"] = [{0: pool} for _ in kv_names]
+    # Keyed by the forward's parameters, in their order (the pool is one list argument): the
+    # exporter names each symbolic dim after the first input it meets it in.
+    result = {}
+    for name in decoder.input_names():
+        if name == kv_names[0]:
+            result["kv_cache"] = [{0: pool} for _ in kv_names]
+        elif name not in kv_names:
+            result[name] = shapes[name]
     return result
 
 

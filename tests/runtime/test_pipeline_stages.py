@@ -20,7 +20,7 @@ from runtime.llm_engine import LLMEngine
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingParams
 from runtime.stages import StagedEngine
-from tests.conftest import _engines, run_cli
+from tests.conftest import run_cli
 from tests.runtime.test_multimodal_parity import IMAGES, hf_image_greedy
 from tests.runtime.test_multimodal_preprocess import png
 
@@ -30,20 +30,6 @@ PROMPTS = [
     "1, 2, 3,",
 ]
 MAX_NEW = 24
-
-
-@pytest.fixture(scope="session")
-def glm4v_tiny_staged(tmp_path_factory, glm4v_tiny_model):
-    """fp32, int8 and int4 in 2 stages."""
-    return _engines(tmp_path_factory, glm4v_tiny_model, ("fp32", "int8", "int4"), "-stages2", stages=2)
-
-
-@pytest.fixture(scope="session")
-def smollm2_staged(tmp_path_factory, smollm2_model):
-    return {
-        stages: _engines(tmp_path_factory, smollm2_model, ("fp32",), f"-stages{stages}", stages=stages)
-        for stages in (2, 3)
-    }
 
 
 def greedy(engines, prompts=PROMPTS, precision="fp32") -> list[list[int]]:
