@@ -320,6 +320,12 @@ def validate(cfg: EngineBenchConfig, manifest: Manifest) -> None:
 def run_engine_bench(cfg: EngineBenchConfig, log: Callable[[str], None]) -> EngineReport:
     """Every stage in turn; Ctrl-C ends the run with the report of what completed."""
     manifest = Manifest.load(cfg.engines_dir)
+    if manifest.stages:  # file sizes, per-engine memory and the roofline are per single graph
+        raise RuntimeUserError(
+            f"{cfg.engines_dir} holds the text decoder in {len(manifest.stages)} pipeline stages, which "
+            "bench engines does not measure yet; `generate --json` reports their timings, or bench "
+            "engines built without --pipeline-stages"
+        )
     available = [TEXT, *encoder_cases.encoder_components(manifest)]
     components = list(cfg.components) or available
     unknown = [c for c in components if c not in available]

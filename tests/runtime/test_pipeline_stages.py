@@ -154,3 +154,9 @@ def test_quantised_stages_build_and_run(glm4v_tiny_staged, precision):
     # glm4v-tiny's random weights: int8 measured 0.9990, int4 (4-bit blocks of 32) 0.920.
     assert cosine > {"int8": 0.995, "int4": 0.85}[precision]
     assert len(greedy(glm4v_tiny_staged, PROMPTS[:1], precision)[0]) == MAX_NEW
+
+
+def test_bench_engines_says_it_does_not_measure_stages_yet(glm4v_tiny_staged):
+    result = run_cli("bench", "engines", "--engines", glm4v_tiny_staged, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "2 pipeline stages, which bench engines does not measure yet" in result.stderr
