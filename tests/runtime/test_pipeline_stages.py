@@ -2,8 +2,8 @@
 single-graph engine's token for token, images included; the manifest records the stages and the
 runtime refuses engines that disagree with it; int8 and int4 stages build and run.
 
-glm4v-tiny has two decoder layers, so it is tested with 2 stages; smollm2-135m (30 layers) with
-2 and 3."""
+glm4v-tiny has two decoder layers, so it is tested with 2 stages, and a 4-layer variant of it with
+3; smollm2-135m (30 layers) with 2 and 3."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from runtime.llm_engine import LLMEngine
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingParams
 from runtime.stages import StagedEngine
-from tests.conftest import run_cli
+from tests.conftest import _engines, run_cli
 from tests.runtime.test_multimodal_parity import IMAGES, hf_image_greedy
 from tests.runtime.test_multimodal_preprocess import png
 
@@ -30,6 +30,26 @@ PROMPTS = [
     "1, 2, 3,",
 ]
 MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def glm4v_four_layers(tmp_path_factory, glm4v_tiny_model):
+    """glm4v-tiny with two more decoder layers (seeded random, as the preset's), its single-graph
+    and 3-stage fp32 engines: (model dir, single, staged)."""
+    import torch
+    from transformers import AutoConfig, Glm4vForConditionalGeneration
+
+    model_dir = tmp_path_factory.mktemp("glm4v") / "glm4v-tiny-4l"
+    shutil.copytree(glm4v_tiny_model, model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    config.text_config.num_hidden_layers = 4
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        model = Glm4vForConditionalGeneration.from_pretrained(glm4v_tiny_model, config=config)
+    model.save_pretrained(model_dir)
+    single = _engines(tmp_path_factory, model_dir, ("fp32",))
+    staged = _engines(tmp_path_factory, model_dir, ("fp32",), "-stages3", stages=3)
+    return model_dir, single, staged
 
 
 def greedy(engines, prompts=PROMPTS, precision="fp32") -> list[list[int]]:
@@ -66,6 +86,19 @@ def test_smollm2_stages_generate_the_single_graph_tokens(smollm2_engines, smollm
 
 def test_glm4v_tiny_stages_generate_the_single_graph_tokens(glm4v_tiny_engines, glm4v_tiny_staged):
     assert greedy(glm4v_tiny_staged) == greedy(glm4v_tiny_engines)
+
+
+def test_glm4v_three_stages_with_images_equal_the_single_graph_and_hf(glm4v_four_layers):
+    model_dir, single, staged = glm4v_four_layers
+    assert [s["layers"] for s in Manifest.load(staged).stages] == [[0, 2], [2, 3], [3, 4]]
+    assert greedy(staged) == greedy(single)
+    llm = LLMEngine(staged, precision="fp32")
+    text, images = "Describe the picture.", [IMAGES["wide"]]
+    prepared = llm.prepare_media(text, [png(i) for i in images], [])
+    params = SamplingParams(max_tokens=MAX_NEW, stop_token_ids=llm.tokenizer.stop_token_ids)
+    ((ours, _),) = llm.generate_ids([prepared], params)
+    _, reference, _ = hf_image_greedy(model_dir, llm, text, images)
+    assert ours == reference
 
 
 def test_glm4v_tiny_stages_with_images_equal_hf(glm4v_tiny_model, glm4v_tiny_staged):
