@@ -25,6 +25,7 @@ from runtime.constraints import GrammarCompiler
 from runtime.errors import RuntimeUserError
 from runtime.llm_engine import LLMEngine
 from runtime.logprobs import TokenLogprobs
+from runtime.manifest import Manifest
 from runtime.reasoning import ThinkTokens
 from runtime.request import Request
 from runtime.request_output import OutputDelta, RequestOutput
@@ -52,6 +53,19 @@ class ServiceConfig:
     kv_blocks: int | None = None  # None: room for max_batch sequences of max_seq_len
     max_batch: int | None = None  # None: the batch the engines were built for
     devices: tuple[int, ...] = ()  # CUDA device per pipeline stage (runtime/stages.py); (): the first
+
+
+def instance_devices(
+    engines_dir: Path, devices: str, instance_kind: str, instance_device: int
+) -> tuple[int, ...]:
+    """The CUDA devices of an llm instance's decoder: `devices` ("0,1", serve --devices) when
+    given; else, for a single-graph decoder in a KIND_GPU instance (replicas on GPUs), the GPU
+    Triton gave the instance; else () (the first device, or the CPU)."""
+    if devices:
+        return tuple(int(device) for device in devices.split(","))
+    if instance_kind == "GPU" and not Manifest.load(engines_dir).stages:
+        return (instance_device,)
+    return ()
 
 
 class ResponseSink(Protocol):

@@ -19,6 +19,7 @@ from runtime.errors import EngineDirError
 from runtime.llm_engine import LLMEngine
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingParams
+from runtime.server.llm_service import instance_devices
 from runtime.stages import StagedEngine
 from tests.conftest import _engines, run_cli
 from tests.runtime.test_multimodal_parity import IMAGES, hf_image_greedy
@@ -193,3 +194,12 @@ def test_bench_engines_says_it_does_not_measure_stages_yet(glm4v_tiny_staged):
     result = run_cli("bench", "engines", "--engines", glm4v_tiny_staged, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "2 pipeline stages, which bench engines does not measure yet" in result.stderr
+
+
+def test_an_llm_instance_on_a_gpu_takes_triton_s_device(glm4v_tiny_engines, glm4v_tiny_staged):
+    """Replicas on GPUs: a KIND_GPU llm instance runs a single-graph decoder on the GPU Triton gave
+    it; a staged one goes where --devices says (its default: from the first GPU)."""
+    assert instance_devices(glm4v_tiny_engines, "", "GPU", 1) == (1,)
+    assert instance_devices(glm4v_tiny_engines, "", "CPU", 0) == ()
+    assert instance_devices(glm4v_tiny_staged, "", "GPU", 1) == ()
+    assert instance_devices(glm4v_tiny_staged, "2,3", "GPU", 1) == (2, 3)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from runtime.server.llm_service import LLMService, ServiceConfig
+from runtime.server.llm_service import LLMService, ServiceConfig, instance_devices
 from runtime.server.wire import ERROR_USER, OP_STATS, GenerateRequest, WireError
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -100,7 +100,12 @@ class TritonPythonModel:
                 precision=params.get("precision", "auto"),
                 threads=int(params.get("threads", 0)),
                 kv_blocks=int(params.get("kv_blocks", 0)) or None,
-                devices=tuple(int(d) for d in params.get("devices", "").split(",") if d),
+                devices=instance_devices(
+                    Path(params["engines_dir"]),
+                    params.get("devices", ""),
+                    args.get("model_instance_kind", ""),
+                    int(args.get("model_instance_device_id", 0)),
+                ),
             )
         )
         self.encoders = TritonEncoders()
