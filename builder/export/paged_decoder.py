@@ -13,6 +13,10 @@ Outputs:
     logits         float32 [B, T, V]
     new_kv         [L, 2, B, S, KVH, D]  this call's K/V; the runtime writes it into the pool
 
+Pipeline stages (`decoder_stage`, `build --pipeline-stages N`) run a contiguous range of the
+layers: the first stage ends with hidden_out [B, S, H] instead of logits, later ones start from
+hidden_in [B, S, H] instead of input_ids (runtime/decoder_io.py); each takes its own layers' pool.
+
 Past K/V are read with a plain Gather over the block tables, so the same graph runs on ONNX
 Runtime and TensorRT without a paged-attention plugin. Padded query rows produce garbage the
 runtime ignores; valid rows never attend to them (causal mask on the new tokens).
