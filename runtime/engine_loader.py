@@ -36,7 +36,7 @@ def rebuild_hint(manifest: Manifest, engines_dir: Path, precision: str) -> str:
 
 
 def select_entry(manifest: Manifest, engines_dir: Path, component: str, precision: str) -> EngineEntry:
-    entry = manifest.entry(component, precision) if component in manifest.engines else None
+    entry = manifest.entry(component, precision)
     if entry is None:
         built = ", ".join(manifest.precisions(component)) or "none"
         raise EngineDirError(

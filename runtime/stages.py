@@ -19,7 +19,7 @@ from runtime import decoder_io as io
 from runtime.engines.base import Engine
 from runtime.errors import EngineDirError
 from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
-from runtime.manifest import EngineEntry, Manifest
+from runtime.manifest import Manifest
 
 
 class StagedKVPool(KVPool):
@@ -76,9 +76,9 @@ class StagedEngine(Engine):
         return hidden
 
 
-def check_stages(manifest: Manifest, precision: str, hint: str) -> list[EngineEntry]:
-    """The stage engines at `precision`, once the manifest's stages cover the decoder's layers in
-    order and each engine's inputs and outputs are those of its place and its layer count."""
+def check_stages(manifest: Manifest, precision: str, hint: str) -> None:
+    """Raise EngineDirError unless the manifest's stages cover the decoder's layers in order and
+    each stage engine at `precision` takes the inputs and outputs of its place and layer count."""
     stages = manifest.stages
     num_layers = manifest.decoder["num_layers"]
     bounds = [tuple(stage["layers"]) for stage in stages]
@@ -87,7 +87,6 @@ def check_stages(manifest: Manifest, precision: str, hint: str) -> list[EngineEn
             f"the manifest's pipeline stages {bounds} do not cover the decoder's {num_layers} layers in "
             f"order; {hint}"
         )
-    entries = []
     for index, stage in enumerate(stages):
         entry = manifest.entry(stage["component"], precision)
         if entry is None:
@@ -108,5 +107,3 @@ def check_stages(manifest: Manifest, precision: str, hint: str) -> list[EngineEn
                 f"engine {entry.file} does not take what pipeline stage {index + 1} of {len(stages)} "
                 f"(layers {start}–{stop - 1}) needs: the engines and the manifest disagree; {hint}"
             )
-        entries.append(entry)
-    return entries

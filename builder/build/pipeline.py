@@ -224,7 +224,11 @@ def _calibration_sets(components: list[Component], model_dir: ModelDir, cfg: Bui
     for component in components:
         if component.calibration is None and Precision.int8 in cfg.precisions:
             note(f"{component.name} has no int8 calibration yet: its int8 engine is skipped")
-    return {c.name: calibration_set(c, model_dir, cfg.calibration) for c in components if c.calibration}
+    read: dict = {}  # by hook: pipeline stages share the text decoder's data, read once
+    for component in components:
+        if component.calibration is not None and component.calibration not in read:
+            read[component.calibration] = calibration_set(component, model_dir, cfg.calibration)
+    return {c.name: read[c.calibration] for c in components if c.calibration}
 
 
 def _copy_tokenizer(model_dir: ModelDir, out: Path) -> None:
