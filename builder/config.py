@@ -15,8 +15,13 @@ class Precision(enum.StrEnum):
 
 
 class Int4Method(enum.StrEnum):
+    gptq = "gptq"  # AWQ's scales, then GPTQ's error-compensating rounding (calibration/gptq.py)
     awq = "awq"  # activation-aware per-channel scales folded into the producer, then RTN (calibration/awq.py)
     rtn = "rtn"  # round to nearest per block, no calibration data
+
+    @property
+    def calibrated(self) -> bool:
+        return self is not Int4Method.rtn
 
 
 INT4_BLOCK_SIZES = (32, 64, 128)
@@ -67,10 +72,11 @@ class CalibrationConfig:
     smooth_alpha: float = 0.8
     # int4 (W4A16): weights in blocks of `int4_block_size` along the contracted axis, symmetric
     int4_block_size: int = 32
-    int4_method: Int4Method = Int4Method.awq
+    int4_method: Int4Method = Int4Method.gptq
     # bits of a tied embedding table (embedding and lm_head) in the int4 graph: 4 (blocks along H)
-    # or 8 (per vocab row); 8 costs SmolLM2 +11.6 MiB and buys back ~40% of int4's perplexity loss
-    int4_table_bits: int = 4
+    # or 8 (per vocab row, as llama.cpp keeps its output tensor at higher bits); on SmolLM2 8 costs
+    # +11.6 MiB and halves int4's perplexity loss (README, INT4)
+    int4_table_bits: int = 8
 
 
 @dataclass(frozen=True)

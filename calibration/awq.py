@@ -31,7 +31,12 @@ from calibration.smoothing import SmoothPlan, SmoothTarget, fold_scales
 from calibration.weight_only import Scheme, fake_quantise
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
-SAMPLE_ROWS = 512  # input rows kept per site for the search
+# Input rows kept per tensor: GPTQ's H = XᵀX / n wants many (SmolLM2 int4 perplexity +17.7% at 2,048
+# rows, +21.3% at 512), bounded so that all reservoirs together stay under SAMPLE_BYTES (GLM-9B's
+# 40 layers get 516 rows); the α search reads only SEARCH_ROWS of them.
+MIN_ROWS, MAX_ROWS = 512, 2048
+SAMPLE_BYTES = 2 << 30
+SEARCH_ROWS = 512
 MIN_SCALE, MAX_SCALE = 1e-4, 1e4
 
 
@@ -40,7 +45,7 @@ class SiteStats:
     """Streamed statistics of one site's input: Σ|x| per channel and a reservoir of rows."""
 
     channels: int
-    rows: int = SAMPLE_ROWS
+    rows: int = MAX_ROWS
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,15 +75,29 @@ class SiteStats:
     def rows_seen(self) -> np.ndarray:
         return self.sample[: min(self.seen, self.rows)]
 
+    def spread(self, count: int) -> np.ndarray:
+        """At most `count` of the rows, evenly spaced (a reservoir not yet full holds rows in the
+        order seen, so its first rows would be the first samples only)."""
+        rows = self.rows_seen
+        if len(rows) <= count:
+            return rows
+        return rows[np.linspace(0, len(rows) - 1, count).round().astype(np.int64)]
+
+
+def sample_rows(channels: int) -> int:
+    """Rows per reservoir when the reservoirs hold `channels` channels in all (float32)."""
+    return int(np.clip(SAMPLE_BYTES // (4 * max(channels, 1)), MIN_ROWS, MAX_ROWS))
+
 
 def collect_site_stats(
-    graph: Path, plan: SmoothPlan, data: CalibrationSet, rows: int = SAMPLE_ROWS
+    graph: Path, tensors: list[str], data: CalibrationSet, rows: int | None = None
 ) -> dict[str, SiteStats]:
-    """Run the fp32 graph over the calibration data and keep each site's input statistics."""
+    """Run the fp32 graph over the calibration data and keep each tensor's statistics (the AWQ
+    sites' inputs, and for GPTQ every quantised weight's input); `rows` per reservoir, by default
+    sized from the first call's channels (sample_rows)."""
     stats: dict[str, SiteStats] = {}
-    for values in activations(
-        graph, plan.tensors, data, "AWQ statistics", "build int4 with --int4-method rtn"
-    ):
+    for values in activations(graph, tensors, data, "int4 statistics", "build int4 with --int4-method rtn"):
+        rows = rows or sample_rows(sum(value.shape[-1] for _, value in values))
         for name, value in values:
             stats.setdefault(name, SiteStats(value.shape[-1], rows, seed=len(stats))).update(value)
     return stats
@@ -108,14 +127,17 @@ def search_site(
     stats: SiteStats, weights: list[np.ndarray], scheme: Scheme, alphas=ALPHAS
 ) -> tuple[float, np.ndarray, dict]:
     """(best α, its scales, {α: error}) for one site; ties go to the smaller α."""
-    x = stats.rows_seen
+    x = stats.spread(SEARCH_ROWS)
     errors = {alpha: site_error(x, weights, awq_scales(stats.mean_abs, alpha), scheme) for alpha in alphas}
     best = min(errors, key=lambda a: (errors[a], a))
     return best, awq_scales(stats.mean_abs, best), errors
 
 
-def apply_awq(model: onnx.ModelProto, plan: SmoothPlan, stats: dict[str, SiteStats], scheme: Scheme) -> dict:
-    """Search α per site and fold the chosen scales into `model` (with weights), in place.
+def apply_awq(
+    model: onnx.ModelProto, plan: SmoothPlan, stats: dict[str, SiteStats], scheme: Scheme
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Search α per site and fold the chosen scales into `model` (with weights), in place; returns
+    the per-site summary and the scales s by site input (which now carries X / s).
     Sites are searched on the original weights, then folded one after another (a down site and
     a gate/up site both touch the up weight, on different axes, so the order does not matter)."""
     inits = {i.name: i for i in model.graph.initializer}
@@ -132,8 +154,8 @@ def apply_awq(model: onnx.ModelProto, plan: SmoothPlan, stats: dict[str, SiteSta
             "alpha": alpha,
             "error_rtn": errors[0.0],
             "error_awq": errors[alpha],
-            "rows": len(stats[target.activation].rows_seen),
+            "rows": len(stats[target.activation].spread(SEARCH_ROWS)),
         }
     for target, s in chosen:
         fold_scales(model, target, s)
-    return summary
+    return summary, {target.activation: s for target, s in chosen}

@@ -6,9 +6,10 @@ into MatMulNBits / GatherBlockQuantized):
 - int8 per channel: `DequantizeLinear(Wq int8 [K, N], scale float32 [N], axis=1)` → MatMul
   (for Gemm with transB the weight is [N, K] and the axis 0), scale = max|W[:, n]| / 127;
 - int4 per block along the contracted axis K: `DequantizeLinear(Wq int4 [K, N], scale float32
-  [ceil(K/bs), N], axis=0, block_size=bs)` → MatMul, scale = max|block| / 7, values in [-7, 7]
-  (-8 is never used, so the grid is symmetric); a K not divisible by bs has a shorter last block,
-  which the ONNX spec allows (scale rows = ceil(K/bs)).
+  [ceil(K/bs), N], axis=0, block_size=bs)` → MatMul; rounded to nearest, scale = max|block| / 7
+  and values in [-7, 7], or GPTQ-rounded (calibration/gptq.py: values in [-8, 7], a searched
+  scale); a K not divisible by bs has a shorter last block, which the ONNX spec allows (scale
+  rows = ceil(K/bs)).
 
 The tied embedding (the lm_head reading the embedding Gather's table [V, H] transposed: torch's
 dynamo export writes SmolLM2's as a Transpose node of the table; a stored [H, V] copy equal to the
@@ -32,13 +33,14 @@ in the Transpose form (comparing a stored copy needs the values).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calibration.gptq import gptq_int4
 from runtime.shape_only import is_shape_only, shape_only_tensor
 
 INT8_MAX, INT4_MAX = 127, 7
@@ -136,16 +138,23 @@ def _dq_node(weight: str, scheme: Scheme, axis: int, out: str | None = None) -> 
 
 
 def _weight_tensors(
-    name: str, weight: onnx.TensorProto, scheme: Scheme, contracted_axis: int
+    name: str, weight: onnx.TensorProto, scheme: Scheme, axis: int, inputs: np.ndarray | None = None
 ) -> list[onnx.TensorProto]:
+    """Wq and its scale (`axis`: the contracted one); int4 with `inputs` (rows of the activation
+    the weight multiplies) is GPTQ-rounded, else rounded to nearest."""
     if is_shape_only(weight):
-        return _shape_only_tensors(name, tuple(weight.dims), scheme, contracted_axis)
+        return _shape_only_tensors(name, tuple(weight.dims), scheme, axis)
     w = numpy_helper.to_array(weight)
     if scheme.bits == 8:
-        q, scale = quantise_int8(w, 1 - contracted_axis)
+        q, scale = quantise_int8(w, 1 - axis)
         q_tensor = numpy_helper.from_array(q, f"{name}_q")
     else:
-        q, scale = quantise_int4(w, scheme.block_size, contracted_axis)
+        if inputs is None:
+            q, scale = quantise_int4(w, scheme.block_size, axis)
+        elif axis == 0:
+            q, scale = gptq_int4(w, inputs, scheme.block_size)
+        else:
+            q, scale = (a.T for a in gptq_int4(w.T, inputs, scheme.block_size))
         q_tensor = int4_tensor(f"{name}_q", q)
     return [q_tensor, numpy_helper.from_array(scale, f"{name}_scale")]
 
@@ -198,10 +207,13 @@ def weight_only(
     skip: Iterable[str] = (),
     tie_embedding: bool = True,
     table_scheme: Scheme | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
 ) -> WeightOnlyReport:
     """Rewrite, in place, every MatMul/Gemm whose weight is a float 2-D initializer (and whose name
     is not in `skip`) to read it through a DequantizeLinear; tied embeddings are stored once, with
-    `table_scheme` (default: `scheme`). The model must hold its weights. Returns what was done."""
+    `table_scheme` (default: `scheme`). `inputs` (int4 only) maps a MatMul's activation to sample
+    rows of it, and that MatMul's weight is GPTQ-rounded against them; a tied table, which the
+    embedding reads too, is always rounded to nearest. The model must hold its weights."""
     g = model.graph
     report = WeightOnlyReport()
     inits = {i.name: i for i in g.initializer}
@@ -220,7 +232,7 @@ def weight_only(
             t_name, table, matmul, transpose = tied
             tscheme = table_scheme or scheme
             axis = 1 if tscheme.bits == 4 else 0  # blocks along H (int4) / one scale per vocab row (int8)
-            g.initializer.extend(_weight_tensors(t_name, table, tscheme, contracted_axis=1))
+            g.initializer.extend(_weight_tensors(t_name, table, tscheme, axis=1))
             dq = _dq_node(t_name, tscheme, axis)
             first = min(position[id(n)] for n in readers[t_name])
             new_nodes.setdefault(first, []).append(dq)
@@ -242,7 +254,7 @@ def weight_only(
         small = int(np.prod(table.dims)) < MIN_ELEMENTS
         if t_name in done or t_name in skip or small or not _only_gathers(readers[t_name], t_name, None):
             continue
-        g.initializer.extend(_weight_tensors(t_name, table, INT8, contracted_axis=1))
+        g.initializer.extend(_weight_tensors(t_name, table, INT8, axis=1))
         dq = _dq_node(t_name, INT8, 0)
         new_nodes.setdefault(min(position[id(n)] for n in readers[t_name]), []).append(dq)
         for node in readers[t_name]:
@@ -269,7 +281,8 @@ def weight_only(
             )
             continue
         axis = _contracted_axis(node)
-        g.initializer.extend(_weight_tensors(w_name, init, scheme, axis))
+        rows = inputs.get(node.input[0]) if inputs else None
+        g.initializer.extend(_weight_tensors(w_name, init, scheme, axis, rows))
         dq = _dq_node(w_name, scheme, axis if scheme.bits == 4 else 1 - axis)
         first = min(position[id(n)] for n in readers[w_name])
         new_nodes.setdefault(first, []).append(dq)
@@ -283,6 +296,20 @@ def weight_only(
         g.node.append(node)
     _drop_unused_initializers(model)
     return report
+
+
+def weight_inputs(model: onnx.ModelProto) -> list[str]:
+    """The activation inputs of the MatMul/Gemm nodes `weight_only` quantises (each once)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    found: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[0] in inits:
+            continue
+        w = inits.get(node.input[1])
+        float_2d = w is not None and w.data_type == onnx.TensorProto.FLOAT and len(w.dims) == 2
+        if float_2d and int(np.prod(w.dims)) >= MIN_ELEMENTS:
+            found[node.input[0]] = None
+    return list(found)
 
 
 def _gather_tables(g, inits) -> dict[str, onnx.TensorProto]:

@@ -24,7 +24,7 @@ from builder.build.tensorrt_engine import (
     trt_engine_from_onnx,
     trt_step_options,
 )
-from builder.config import Backend, BuildConfig, ExportConfig, Int4Method, Precision
+from builder.config import Backend, BuildConfig, ExportConfig, Precision
 from builder.errors import ExportError
 from builder.model_dir import ModelDir
 from builder.trt_check import check_graph
@@ -208,7 +208,7 @@ def int4_onnx(component: Component, fp32: Path, fp32_hash: str, cfg: BuildConfig
     """The int4 weight-only graph and its summary (method, block size, α per AWQ site)."""
     from builder.quantize.int4_step import int4_onnx_from_fp32
 
-    awq = cfg.calibration.int4_method is Int4Method.awq
+    awq = cfg.calibration.int4_method.calibrated
     int4 = int4_onnx_from_fp32(component.name, fp32, fp32_hash, cfg.calibration, work, data if awq else None)
     return int4.graph, int4.summary
 
@@ -216,7 +216,7 @@ def int4_onnx(component: Component, fp32: Path, fp32_hash: str, cfg: BuildConfig
 def _calibration_sets(components: list[Component], model_dir: ModelDir, cfg: BuildConfig) -> dict:
     """Each calibrated component's data (int8, and int4 by AWQ), read and checked before minutes of
     export. Without a calibration hook a component's int8 engine is skipped; its int4 is RTN."""
-    awq = Precision.int4 in cfg.precisions and cfg.calibration.int4_method is Int4Method.awq
+    awq = Precision.int4 in cfg.precisions and cfg.calibration.int4_method.calibrated
     if Precision.int8 not in cfg.precisions and not awq:
         return {}
     from builder.quantize.int8_step import calibration_set

@@ -65,7 +65,9 @@ def build(
     int4_method: Annotated[
         Int4Method,
         typer.Option(
-            help="int4: awq scales salient input channels from the calibration data; rtn rounds as is."
+            help="int4: gptq takes awq's scales, then rounds each weight against samples of its input; "
+            "awq scales salient input channels from the calibration data, then rounds to nearest; "
+            "rtn rounds as is."
         ),
     ] = CalibrationConfig.int4_method,
     int4_table_bits: Annotated[

@@ -3,9 +3,10 @@
 Every MatMul/Gemm with a constant weight reads it through
 `DequantizeLinear(Wq int4 [K, N], scale float32 [ceil(K/bs), N], axis=0, block_size=bs)`
 (calibration/weight_only.py; the tied embedding is stored once, blocks along H); activations,
-norms, attention and the rest stay float32. `--int4-method awq` (default) first folds
-activation-aware scales into the decoder's norm and up-projection weights (calibration/awq.py,
-sites from calibration/smoothing.py); `rtn` rounds the weights as they are.
+norms, attention and the rest stay float32. `--int4-method gptq` (default) and `awq` first
+fold activation-aware scales into the decoder's norm and up-projection weights (calibration/awq.py,
+sites from calibration/smoothing.py); then `gptq` rounds every weight against samples of its input
+(calibration/gptq.py) and `awq` to nearest; `rtn` rounds the weights as they are.
 
 The graph's default-domain opset becomes 21: int4 and DequantizeLinear's block_size need it. The
 other ops the exported graphs use are unchanged from 20 to 21 but for new int4/uint4 (and float8)
@@ -29,16 +30,17 @@ from builder.config import CalibrationConfig, Int4Method
 from calibration.errors import CalibrationError
 from calibration.feeds import CalibrationSet
 from calibration.smoothing import DOWN, GATE_UP, QKV, smoothing_plan
-from calibration.weight_only import INT8, Scheme, weight_only
+from calibration.weight_only import INT8, Scheme, weight_inputs, weight_only
 from runtime.build_records import StepRecord
 from runtime.onnx_files import save_graph
 from runtime.progress import note, stage
 
-INT4_VERSION = 4  # bump when the quantiser, the AWQ search or the graph pattern changes
+INT4_VERSION = 5  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
 CHANGED_IN_21 = frozenset({"GroupNormalization"})
 AWQ_KINDS = (QKV, GATE_UP, DOWN)
 AWQ_METHOD = "AWQ: s = mean|X|^α per input channel, α per site from 0…1 minimising the output error; then RTN"
+GPTQ_METHOD = "GPTQ on AWQ's scales: each input channel's rounding error moved onto the channels after it"
 RTN_METHOD = "RTN: round to nearest, symmetric int4 per block"
 
 
@@ -72,26 +74,37 @@ def int4_model(
     model = onnx.load(str(fp32))
     raise_on_changed_ops(model)
     summary: dict = {"method": RTN_METHOD, "block_size": scheme.block_size}
-    if method is Int4Method.awq:
-        plan = smoothing_plan(model, AWQ_KINDS)
-        if data is None or not plan.targets:
-            note(f"{fp32.name}: {'no calibration data' if data is None else 'no AWQ site'}; int4 by RTN")
-        else:
-            from calibration.awq import apply_awq, collect_site_stats
+    inputs = None
+    if method.calibrated and data is None:
+        note(f"{fp32.name}: no calibration data; int4 by RTN")
+    elif method.calibrated:
+        from calibration.awq import apply_awq, collect_site_stats
 
-            with stage(f"AWQ statistics: {len(plan.targets)} sites over {data.description}"):
-                stats = collect_site_stats(fp32, plan, data)
+        plan = smoothing_plan(model, AWQ_KINDS)
+        gptq = method is Int4Method.gptq
+        tensors = list(dict.fromkeys(plan.tensors + (weight_inputs(model) if gptq else [])))
+        with stage(f"int4 statistics: {len(tensors)} weight inputs over {data.description}"):
+            stats = collect_site_stats(fp32, tensors, data)
+        scales: dict = {}
+        if plan.targets:
             with stage(f"AWQ search: α per site at block size {scheme.block_size}"):
-                sites = apply_awq(model, plan, stats, scheme)
+                sites, scales = apply_awq(model, plan, stats, scheme)
+        else:
+            sites = {}
+            note(f"{fp32.name}: no AWQ site; {'GPTQ rounding only' if gptq else 'int4 by RTN'}")
+        if gptq:  # an AWQ site's input now carries X / s
+            inputs = {t: stats[t].rows_seen / scales.get(t, 1.0) for t in tensors}
+        if sites or gptq:
             summary |= {
-                "method": AWQ_METHOD,
+                "method": GPTQ_METHOD if gptq else AWQ_METHOD,
                 "samples": data.samples,
                 "data": data.description,
                 "data_sha256": data.digest,
                 "sites": sites,
                 "not_scaled": plan.unmatched,
             }
-    report = weight_only(model, scheme, table_scheme=scheme if table_bits == 4 else INT8)
+    with stage(f"int4 weights ({'GPTQ' if inputs else 'RTN'} rounding, blocks of {scheme.block_size})"):
+        report = weight_only(model, scheme, table_scheme=scheme if table_bits == 4 else INT8, inputs=inputs)
     set_opset(model)
     summary |= {
         "weights": f"int4 symmetric, blocks of {scheme.block_size} along the contracted axis, float32 scales",
@@ -112,7 +125,7 @@ def int4_onnx_from_fp32(
         "method": method.value,
         "block_size": cfg.int4_block_size,
         "table_bits": cfg.int4_table_bits,
-        "data_sha256": data.digest if method is Int4Method.awq else None,
+        "data_sha256": data.digest if method.calibrated else None,
     }
     step = StepRecord(work / f"{name}.int4.json", wanted)
     if (previous := step.current(graph)) is not None:
@@ -121,7 +134,7 @@ def int4_onnx_from_fp32(
     if cfg.int4_table_bits not in (4, 8):
         raise CalibrationError(f"--int4-table-bits {cfg.int4_table_bits} is not supported; use 4 or 8")
     model, summary = int4_model(fp32, Scheme(4, cfg.int4_block_size), method, data, cfg.int4_table_bits)
-    short = "awq" if summary["method"] == AWQ_METHOD else "rtn"
+    short = {AWQ_METHOD: "awq", GPTQ_METHOD: "gptq"}.get(summary["method"], "rtn")
     with step.redo() as record:
         with stage(f"write {name} int4 ONNX ({summary['weight_only_nodes']} weights int4, {short})"):
             save_graph(model, graph)

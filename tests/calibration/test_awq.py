@@ -7,7 +7,17 @@ import onnx
 import pytest
 
 from builder.quantize.int4_step import AWQ_KINDS
-from calibration.awq import SiteStats, apply_awq, awq_scales, collect_site_stats, search_site, site_error
+from calibration.awq import (
+    MAX_ROWS,
+    MIN_ROWS,
+    SiteStats,
+    apply_awq,
+    awq_scales,
+    collect_site_stats,
+    sample_rows,
+    search_site,
+    site_error,
+)
 from calibration.smoothing import DOWN, GATE_UP, QKV, fold_scales, smoothing_plan
 from calibration.weight_only import Scheme
 from tests.calibration.test_smoothing import ATOL, RTOL, calibration, decoder_block, inputs, run, weights
@@ -38,7 +48,7 @@ def test_awq_fold_is_exact_before_rounding(tmp_path, fused_up):
     decoder_block(fp32, fused_up=fused_up)
     model = onnx.load(str(fp32))
     plan = smoothing_plan(model, AWQ_KINDS)
-    stats = collect_site_stats(fp32, plan, calibration(inputs(6)))
+    stats = collect_site_stats(fp32, plan.tensors, calibration(inputs(6)))
     for target in plan.targets:  # α = 1: the strongest scaling the search can pick
         s = awq_scales(stats[target.activation].mean_abs, 1.0)
         assert s.max() / s.min() > 2  # a real rescaling, not a no-op
@@ -58,12 +68,13 @@ def test_apply_awq_records_alpha_per_site(tmp_path):
     decoder_block(fp32)
     model = onnx.load(str(fp32))
     plan = smoothing_plan(model, AWQ_KINDS)
-    stats = collect_site_stats(fp32, plan, calibration(inputs(6)))
-    summary = apply_awq(model, plan, stats, INT4_32)
+    stats = collect_site_stats(fp32, plan.tensors, calibration(inputs(6)))
+    summary, scales = apply_awq(model, plan, stats, INT4_32)
     assert set(summary) == {"h1", "h2", "act"}
     for site in summary.values():
         assert 0.0 <= site["alpha"] <= 1.0 and site["error_awq"] <= site["error_rtn"]
         assert site["rows"] == 6 * 5  # every row of the six [1, 5, C] inputs
+    assert set(scales) == set(summary) and all(s.shape == (stats[a].channels,) for a, s in scales.items())
 
 
 def outlier_case(seed: int = 0):
@@ -102,3 +113,14 @@ def test_site_statistics_memory_is_bounded():
     index = {row.tobytes(): i for i, row in enumerate(every_row)}
     drawn = [index[row.tobytes()] for row in stats.sample]
     assert len(set(drawn)) == 64 and max(drawn) >= 500
+
+
+def test_reservoirs_shrink_with_the_model_and_the_search_spreads_its_rows():
+    assert sample_rows(30 * (3 * 576 + 1536)) == MAX_ROWS  # SmolLM2's 120 weight inputs
+    assert MIN_ROWS <= sample_rows(40 * (3 * 4096 + 13696)) < 520  # GLM-9B's 160
+    assert sample_rows(500_000) == 1073 and sample_rows(10**8) == MIN_ROWS
+    stats = SiteStats(4, rows=1000)
+    stats.update(np.arange(600 * 4, dtype=np.float32).reshape(600, 4))  # not full: rows in order seen
+    spread = stats.spread(100)
+    assert len(spread) == 100 and spread[0, 0] == 0 and spread[-1, 0] == 599 * 4
+    assert len(stats.spread(1000)) == 600
