@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -237,6 +238,7 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
     groups = instance_groups(models, config.replicas, gpus)
     triton = TritonServer(repo_dir, free_port("127.0.0.1", config.grpc_port), log_path)
     previous = {sig: signal.signal(sig, _raise_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    clean = False  # the temporary folder (Triton's log, replica copies) outlives only a failure
     try:
         started = triton.start()
         for name, parameters in models.items():
@@ -283,12 +285,17 @@ def serve(config: ServeConfig, say: Callable[[str], None] = print) -> None:
         asyncio.run(_run_gateway(server, ready))
         if not triton.alive():
             raise RuntimeUserError(f"tritonserver stopped unexpectedly:\n{triton.log_tail()}")
+        clean = True
     except ShutdownRequested:
-        pass
+        clean = True
     finally:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         triton.stop()
+        if clean:
+            shutil.rmtree(log_path.parent, ignore_errors=True)
+        else:
+            say(f"triton log kept: {log_path}")
         say("stopped")
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -3,6 +3,9 @@ subprocess on free loopback ports, once per session per engines directory."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from runtime.server.background import BackgroundServer, start_background_server
@@ -12,10 +15,14 @@ SERVED_NAMES = ("autoglm-phone-9b", "glm4v-tiny")  # what AutoGLM clients ask fo
 
 
 def stop(server: BackgroundServer) -> None:
-    """SIGTERM must stop the gateway, tritonserver and its Python stubs, with exit code 0."""
+    """SIGTERM must stop the gateway, tritonserver and its Python stubs, with exit code 0, and
+    remove the temporary folder that held Triton's log."""
+    log = Path(re.search(r"triton log\s+(\S+)", "\n".join(server.lines)).group(1))
+    assert log.is_file()
     code, left = server.stop()
     assert code == 0, f"serve exited with {code}"
     assert not left, f"processes left behind: {[p.pid for p in left]}"
+    assert not log.parent.exists(), f"{log.parent} left behind"
 
 
 @pytest.fixture(scope="session")
