@@ -37,10 +37,16 @@ def test_fused_decoders_run_gqa_over_the_whole_pool(built):
         assert report["validation"]["checks"] and all(c["passed"] for c in report["validation"]["checks"])
         names = [spec.name for spec in entry.inputs]
         assert io.KV_POOL in names and "key_cache.0" not in names
-        ops = _ops(engines / entry.file)
+        model = onnx.load(str(engines / entry.file), load_external_data=False)
+        ops = Counter(n.op_type for n in model.graph.node)
         assert ops["GroupQueryAttention"] == layers and ops["Softmax"] == 0
         assert ops["SkipSimplifiedLayerNormalization"] >= 2 * layers - 1
-        assert ops["RotaryEmbedding"] == 2 * layers  # Llama's halves (onnxscript), GLM's pairs (ours)
+        # q/k/v packed into GQA, which rotates them (Llama's halves, GLM's interleaved pairs);
+        # new_kv's K of every layer rotated by one RotaryEmbedding
+        attention = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+        assert all(not n.input[1] and not n.input[2] and len(n.input) == 10 for n in attention)
+        assert all(helper.get_node_attr_value(n, "do_rotary") == 1 for n in attention)
+        assert ops["RotaryEmbedding"] == 1
 
 
 @pytest.mark.parametrize(("bits", "block", "k"), [(4, 32, 96), (4, 32, 80), (8, 128, 96)])
@@ -66,8 +72,11 @@ def test_nbits_rejects_scales_that_vary_inside_a_block():
         nbits_tensors(np.ones((2, 64), np.int64), scale, 4, 32)
 
 
-def _weight_only_graph(k: int, sizes: list[int], block: int) -> tuple[onnx.ModelProto, list[np.ndarray]]:
-    """x [2, k] → one int4 DQ → MatMul per size, all reading x (a q/k/v-like group)."""
+def _weight_only_graph(
+    k: int, sizes: list[int], block: int, joined: bool = False
+) -> tuple[onnx.ModelProto, list[np.ndarray]]:
+    """x [2, k] → one int4 DQ → MatMul per size, all reading x (a q/k/v-like group); `joined`: the
+    products concatenated into one output (GroupQueryAttention's packed q/k/v)."""
     rng = np.random.default_rng(1)
     nodes, inits, outputs, weights = [], [], [], []
     for index, n in enumerate(sizes):
@@ -83,6 +92,9 @@ def _weight_only_graph(k: int, sizes: list[int], block: int) -> tuple[onnx.Model
         ]
         outputs.append(helper.make_tensor_value_info(f"y{index}", TensorProto.FLOAT, [2, n]))
         weights.append(q * np.repeat(scale, block, axis=0)[:k])
+    if joined:
+        nodes.append(helper.make_node("Concat", [f"y{i}" for i in range(len(sizes))], ["y"], axis=-1))
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, sum(sizes)])]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k])], outputs, inits
     )
@@ -109,6 +121,21 @@ def test_projections_reading_one_input_become_one_matmulnbits(tmp_path):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     for got, weight in zip(session.run(None, {"x": x}), weights, strict=True):
         np.testing.assert_allclose(got, x @ weight, rtol=1e-5, atol=1e-5)
+
+
+def test_projections_read_packed_lose_their_split(tmp_path):
+    """q/k/v concatenated for GroupQueryAttention: one MatMulNBits, no Split, no Concat."""
+    model, weights = _weight_only_graph(64, [48, 16, 16], block=32, joined=True)
+    fused = ir.from_proto(model)
+    counts = fuse_matmul_nbits(fused, accuracy_level=0)
+    assert counts["packed q/k/v read by GroupQueryAttention as packed"] == 1
+    proto = ir.to_proto(fused)
+    ops = Counter(n.op_type for n in proto.graph.node if n.op_type not in ("DequantizeLinear", "MatMul"))
+    assert ops == {"MatMulNBits": 1}, ops
+    x = np.random.default_rng(2).standard_normal((2, 64)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(got, x @ np.concatenate(weights, axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_engine_comparison_catches_a_wrong_engine(tmp_path, glm4v_tiny_engines):

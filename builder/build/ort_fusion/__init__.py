@@ -5,10 +5,11 @@ cannot see the dynamo exporter's patterns, so its engine step fuses its copy her
 
 - onnxscript's ort_fusions: RMSNorm → SimplifiedLayerNormalization, residual add + RMSNorm →
   SkipSimplifiedLayerNormalization, `x·cos + rotate_half(x)·sin` → (intermediate) rotary;
-- ours (rotary.py): GLM's interleaved partial rotary → (intermediate) rotary; (paged_attention.py): the paged-KV attention → GroupQueryAttention with rotary →
-  com.microsoft.RotaryEmbedding; new_kv.py: the `new_kv` output in one Concat;
+- ours (rotary.py): GLM's interleaved partial rotary → (intermediate) rotary; (paged_attention.py): the paged-KV attention → GroupQueryAttention over packed q/k/v,
+  rotating them itself; new_kv.py: the `new_kv` output, every layer's K rotated, in a few nodes;
   matmul_nbits.py: block-quantised weights → MatMulNBits / GatherBlockQuantized, with the
-  projections that read one input packed into one MatMulNBits;
+  projections that read one input packed into one MatMulNBits; packed_projections.py: float
+  q/k/v read packed → one MatMul;
 - ORT's optimizer afterwards (SiLU → QuickGelu, …), at save time in onnxruntime_engine.py.
 """
 
@@ -29,6 +30,7 @@ from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_nor
 from builder.build.ort_fusion.kv_pool import fuse_kv_pool
 from builder.build.ort_fusion.matmul_nbits import fuse_matmul_nbits
 from builder.build.ort_fusion.new_kv import fuse_new_kv
+from builder.build.ort_fusion.packed_projections import pack_float_projections
 from builder.build.ort_fusion.paged_attention import PagedAttentionToGQA
 from builder.build.ort_fusion.rotary import InterleavedPartialRotary
 from runtime import decoder_io as io
@@ -82,9 +84,16 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
             glm_rotary.apply_to_model(model),
             "autoglm-trt",
         )
+        common_passes.CommonSubexpressionEliminationPass()(model)  # q and k rotate by the same caches
         rule = PagedAttentionToGQA.rule(tokens, inputs[io.PAST_LENS])
         fused = pattern.RewriteRuleSet([rule]).apply_to_model(model)
         record("GroupQueryAttention (paged)", fused, "autoglm-trt")
+        rotating = sum(
+            1
+            for n in model.graph
+            if n.op_type == "GroupQueryAttention" and n.attributes.get_int("do_rotary", 0)
+        )
+        record("  of which read packed q/k/v and rotate them", rotating, "autoglm-trt")
         if fused:  # ORT's CPU GQA: see paged_attention.py
             model.metadata_props[BATCHED_PREFILL_WITH_PAST] = "false"
         common_passes.CommonSubexpressionEliminationPass()(model)  # one copy of the shared GQA inputs
@@ -92,6 +101,8 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
         record("kv_pool: one Gather for every layer's past", fuse_kv_pool(model), "autoglm-trt")
     for name, count in fuse_matmul_nbits(model).items():
         record(name, count, "autoglm-trt")
+    common_passes.RemoveUnusedNodesPass()(model)  # the replaced attention's q/k/v reshapes
+    record("float q/k/v packed into one MatMul", pack_float_projections(model), "autoglm-trt")
     common_passes.CommonSubexpressionEliminationPass()(model)
     optimize(model)  # inlines unused intermediate fusions, drops dead nodes
     common_passes.TopologicalSortPass()(model)  # rules insert shared nodes where they matched

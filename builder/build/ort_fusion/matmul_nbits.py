@@ -261,6 +261,24 @@ def pack_shared_inputs(model: ir.Model) -> int:
     return saved
 
 
+def drop_split_concat(model: ir.Model) -> int:
+    """Concat(Split(x)'s outputs, in order, on the Split's axis) → x: GroupQueryAttention's packed
+    q/k/v (paged_attention.py) over the projections packed above. Returns the Concats dropped."""
+    graph, dropped = model.graph, 0
+    for concat in list(graph):
+        split = concat.inputs[0].producer() if concat.op_type == "Concat" and concat.inputs else None
+        if split is None or split.op_type != "Split" or list(concat.inputs) != list(split.outputs):
+            continue
+        if concat.attributes.get_int("axis") != split.attributes.get_int("axis", 0):
+            continue
+        take_over(concat.outputs[0], split.inputs[0])
+        graph.remove(concat, safe=True)
+        if not any(out.uses() or out.is_graph_output() for out in split.outputs):
+            graph.remove(split, safe=True)
+        dropped += 1
+    return dropped
+
+
 def fuse_matmul_nbits(model: ir.Model, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> dict[str, int]:
     weights = NBitsWeights()
     rules = pattern.RewriteRuleSet(
@@ -275,4 +293,5 @@ def fuse_matmul_nbits(model: ir.Model, accuracy_level: int = DEFAULT_ACCURACY_LE
     if counts["MatMulNBits / GatherBlockQuantized"]:
         counts["biases folded into MatMulNBits"] = fold_biases(model)
         counts["packed projections (nodes saved)"] = pack_shared_inputs(model)
+        counts["packed q/k/v read by GroupQueryAttention as packed"] = drop_split_concat(model)
     return counts

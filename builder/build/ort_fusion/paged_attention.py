@@ -11,9 +11,13 @@ tokens' blocks too (runtime/paged_decoder.py), so the gathered buffer always is.
 
 Rotary: where onnxscript's rotary fusion recognised `x·cos + rotate_half(x)·sin` (its intermediate
 `ai.onnxruntime._fusion.RotaryEmbedding` over [B, H, S, D]) or rotary.py GLM's interleaved partial
-rotary (com.microsoft.RotaryEmbedding over [B, H, S, D]), q and k are rotated by
-com.microsoft.RotaryEmbedding on the projections' [B, S, H·D] outputs directly, over the graph's own
-per-token cos/sin (rotary.py). Otherwise q and k keep their own rotary nodes and are reshaped for GQA.
+rotary (com.microsoft.RotaryEmbedding over [B, H, S, D]) on q and k alike, GQA takes q/k/v packed
+[B, S, (H + 2·KVH)·D] and rotates q and k itself (`do_rotary`), over the graph's own per-token
+cos/sin (rotary.py) indexed by its `position_ids` input; it wants cos/sin caches of at least
+total_sequence_length rows and a multiple of 8 frequencies, so the caches are zero-padded and a
+narrower rotary keeps the path below. The pool needs K rotated too: new_kv.py rotates every layer's
+at once. Otherwise q and k keep their own rotary (com.microsoft.RotaryEmbedding on the [B, S, H·D]
+projections) and are reshaped for GQA.
 
 ORT's CPU GQA rejects batch > 1 with several new tokens and a non-empty past (prefix reuse during a
 batched prefill); the engine says so in its metadata (runtime/engines/onnxruntime.py), and the runtime runs such batches one
@@ -22,10 +26,12 @@ sequence at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx_ir as ir
 from onnxscript.rewriter import _ir_utils, pattern
 
-from builder.build.ort_fusion.rotary import FUSION_DOMAIN, rotary_cache
+from builder.build.ort_fusion.rotary import FUSION_DOMAIN, rotary_cache, same_rotary
 
 BHSD_TO_BSHD = [0, 2, 1, 3]
 
@@ -83,43 +89,101 @@ class PagedAttentionToGQA(pattern.RewriteRuleClassBase):
             op.Transpose(op.Reshape(op.Gather(cache, blocks, axis=0), past_shape), perm=BHSD_TO_BSHD)
             for cache in (key_cache, value_cache)
         )
-        q3, k3, v3 = (self._tokens_major(op, x, h) for x, h in ((q, num_heads), (k, kv_heads), (v, kv_heads)))
+        (q3, q_rotary), (k3, k_rotary), (v3, v_rotary) = (self._tokens_major(x) for x in (q, k, v))
         seq = op.Shape(self.input_ids, start=1, end=2)
         totals = op.Add(self.past_lens, seq)  # [B]
         seqlens_k = op.Cast(op.Sub(totals, op.Constant(value_ints=[1])), to=ir.DataType.INT32)
         total = op.Cast(op.ReduceMax(totals, keepdims=0), to=ir.DataType.INT32)
-        attention = op.GroupQueryAttention(
-            q3, k3, v3, k_past, v_past, seqlens_k, total,
-            num_heads=num_heads, kv_num_heads=kv_heads,
-            scale=_ir_utils.get_singleton_value(scale),
-            _domain="com.microsoft", _outputs=3,
-        )[0]  # fmt: skip
+        heads = {
+            "num_heads": num_heads,
+            "kv_num_heads": kv_heads,
+            "scale": _ir_utils.get_singleton_value(scale),
+        }
+        rotary = self._gqa_rotary(op, (q3, k3, v3), (q_rotary, k_rotary, v_rotary), head_dim)
+        if rotary is not None:
+            # q/k/v packed (the projections' MatMulNBits pack to match, matmul_nbits.py), rotated by GQA
+            qkv = op.Concat(q3, k3, v3, axis=-1, _outputs=["packed_qkv"])
+            positions, cos, sin = rotary.inputs
+            # GQA wants cache rows ≥ total_sequence_length; the per-token cache has B·S
+            rows = op.Reshape(op.Cast(total, to=ir.DataType.INT64), op.Constant(value_ints=[1]))
+            pads = op.Concat(op.Constant(value_ints=[0, 0]), rows, op.Constant(value_ints=[0]), axis=0)
+            attention = op.GroupQueryAttention(
+                qkv, None, None, k_past, v_past, seqlens_k, total, op.Pad(cos, pads), op.Pad(sin, pads), positions,
+                **heads, do_rotary=1, rotary_interleaved=rotary.interleaved, _domain="com.microsoft", _outputs=3,
+            )[0]  # fmt: skip
+            # the pool's K is rotated too: new_kv.py rotates every layer's at once
+            k_new = rotary.apply(
+                op, op.Slice(qkv, *_head_bounds(op, num_heads, kv_heads, head_dim)), kv_heads
+            )
+            v_new = op.Slice(qkv, *_head_bounds(op, num_heads + kv_heads, kv_heads, head_dim))
+        else:
+            q3, k3, v3 = (self._head_major_input(op, *args) for args in (
+                (q, q3, q_rotary, num_heads), (k, k3, k_rotary, kv_heads), (v, v3, v_rotary, kv_heads)))  # fmt: skip
+            attention = op.GroupQueryAttention(
+                q3, k3, v3, k_past, v_past, seqlens_k, total, **heads, _domain="com.microsoft", _outputs=3
+            )[0]
+            k_new, v_new = k3, v3
         # [B, S, 2·KVH·D]: new_kv.py turns the layers' pieces into new_kv with one Concat
-        layer_kv = op.Concat(k3, v3, axis=-1, _outputs=["layer_kv_bsd"])
+        layer_kv = op.Concat(k_new, v_new, axis=-1, _outputs=["layer_kv_bsd"])
         return attention, op.Transpose(
             op.Reshape(layer_kv, op.Constant(value_ints=[0, 0, 2, kv_heads, head_dim])), perm=[2, 0, 1, 3, 4]
         )
 
-    def _tokens_major(self, op, x, heads: int):
-        """[B, H, S, D] → [B, S, H·D], looking through the exporter's own Reshape/Transpose and a
-        rotary over the heads (redone by ORT's RotaryEmbedding on the [B, S, H·D] tensor)."""
+    def _gqa_rotary(self, op, sources, rotaries, head_dim: int) -> Rotary | None:
+        """The rotary GQA can apply itself: q and k rotated alike, v not, and (ORT's check) a
+        multiple of 8 frequencies; else None."""
+        q_rotary, k_rotary, v_rotary = rotaries
+        if None in sources or v_rotary is not None or not same_rotary(q_rotary, k_rotary):
+            return None
+        rotary = self._rotary(op, q_rotary)
+        return rotary if (rotary.dim or head_dim) % 16 == 0 else None
+
+    def _tokens_major(self, x) -> tuple[ir.Value | None, ir.Node | None]:
+        """[B, H, S, D] → ([B, S, H·D] source, its rotary node or None), looking through the
+        exporter's own Reshape/Transpose and a rotary over the heads (redone on the source);
+        source None: some other head layout."""
         rotary = x.producer()
         if rotary is None or rotary.op_type != "RotaryEmbedding":
-            rotary, source = None, _split_heads_source(rotary)
-        else:
-            source = _split_heads_source(rotary.inputs[0].producer())
-        if source is None:  # some other head layout (or rotary over one): transpose it back
-            return op.Reshape(op.Transpose(x, perm=BHSD_TO_BSHD), op.Constant(value_ints=[0, 0, -1]))
-        if rotary is None:
-            return source
-        if rotary.domain == FUSION_DOMAIN:  # onnxscript's (x, cos, sin), Llama's halves
-            inputs, attributes = rotary_cache(op, self.input_ids, *rotary.inputs[1:3], interleaved=False), {}
-        else:  # ORT's already (rotary.py)
-            inputs = rotary.inputs[1:]
-            attributes = {name: attr.value for name, attr in rotary.attributes.items()}
-        return op.RotaryEmbedding(
-            source, *inputs, **(attributes | {"num_heads": heads}), _domain="com.microsoft"
+            return _split_heads_source(rotary), None
+        return _split_heads_source(rotary.inputs[0].producer()), rotary
+
+    def _rotary(self, op, node: ir.Node) -> Rotary:
+        if node.domain == FUSION_DOMAIN:  # onnxscript's (x, cos, sin), Llama's halves
+            inputs = rotary_cache(op, self.input_ids, *node.inputs[1:3], interleaved=False)
+            return Rotary(tuple(inputs), interleaved=0, dim=0)
+        return Rotary(  # ORT's already (rotary.py)
+            tuple(node.inputs[1:]),
+            interleaved=node.attributes.get_int("interleaved", 0),
+            dim=node.attributes.get_int("rotary_embedding_dim", 0),
         )
+
+    def _head_major_input(self, op, x, source, rotary_node, heads: int) -> ir.Value:
+        """GQA's [B, S, H·D] input for x: its source, rotated where x was."""
+        if source is None:
+            return op.Reshape(op.Transpose(x, perm=BHSD_TO_BSHD), op.Constant(value_ints=[0, 0, -1]))
+        return source if rotary_node is None else self._rotary(op, rotary_node).apply(op, source, heads)
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """com.microsoft.RotaryEmbedding's inputs after x (position ids, cos cache, sin cache) and
+    attributes; `dim` 0: the whole head."""
+
+    inputs: tuple[ir.Value, ir.Value, ir.Value]
+    interleaved: int
+    dim: int
+
+    def apply(self, op, x: ir.Value, heads: int) -> ir.Value:
+        attributes = {"interleaved": self.interleaved, "num_heads": heads}
+        if self.dim:
+            attributes["rotary_embedding_dim"] = self.dim
+        return op.RotaryEmbedding(x, *self.inputs, **attributes, _domain="com.microsoft")
+
+
+def _head_bounds(op, first_head: int, heads: int, head_dim: int):
+    """Slice inputs of heads [first_head, first_head + heads) of a [B, S, ·] tensor."""
+    start, end = first_head * head_dim, (first_head + heads) * head_dim
+    return op.Constant(value_ints=[start]), op.Constant(value_ints=[end]), op.Constant(value_ints=[-1])
 
 
 def _split_heads_source(node: ir.Node | None) -> ir.Value | None:

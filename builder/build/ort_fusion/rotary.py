@@ -42,6 +42,14 @@ def rotary_cache(op, input_ids: ir.Value, cos: ir.Value, sin: ir.Value, interlea
     return positions, cos_cache, sin_cache
 
 
+def same_rotary(a: ir.Node | None, b: ir.Node | None) -> bool:
+    """Two rotary nodes that rotate by the same positions, caches and attributes (any head count)."""
+    if a is None or b is None or a.domain != b.domain or list(a.inputs[1:]) != list(b.inputs[1:]):
+        return False
+    settings = [{n: x.value for n, x in node.attributes.items() if n != "num_heads"} for node in (a, b)]
+    return settings[0] == settings[1]
+
+
 class InterleavedPartialRotary(pattern.RewriteRuleClassBase):
     def __init__(self, input_ids: ir.Value) -> None:
         super().__init__("InterleavedPartialRotary")
