@@ -78,12 +78,10 @@ class PagedTextDecoder:
         """
         assert 0 < len(batch) <= self.limits.max_batch, "callers split batches at max_batch"
         size, seq = len(batch), max(len(item.token_ids) for item in batch)
-        if (
-            size > 1
-            and seq > 1
-            and not self.engine.batched_prefill_with_past
-            and any(i.past_len for i in batch)
-        ):
+        one_at_a_time = not self.engine.batched_prefill or (
+            not self.engine.batched_prefill_with_past and any(i.past_len for i in batch)
+        )
+        if size > 1 and seq > 1 and one_at_a_time:
             return self._one_at_a_time(batch, seq, all_logits)
         ids = np.zeros((size, seq), np.int64)
         positions = np.zeros((self.limits.position_rank, size, seq), np.int64)

@@ -46,6 +46,7 @@ class StagedEngine(Engine):
             if name != io.HIDDEN_IN
         }
         self.batched_prefill_with_past = all(stage.batched_prefill_with_past for stage in stages)
+        self.batched_prefill = all(stage.batched_prefill for stage in stages)
         self.heads_major_pool = stages[0].heads_major_pool  # only read by the pool spec, per stage below
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:

@@ -39,6 +39,9 @@ class Engine(ABC):
     # False where a call may not mix several sequences, several new tokens each, and a cached past
     # (ORT's CPU GroupQueryAttention); the decoder then runs such a batch one sequence at a time.
     batched_prefill_with_past: bool = True
+    # False where a call may not mix several sequences' prompts at all (ORT's CPU GroupQueryAttention
+    # rotating q/k itself reads the first sequence's positions for every sequence of a first prompt).
+    batched_prefill: bool = True
     # True where the engine reads the pool [L, 2, NB, KVH, bs, D] (heads before tokens in a block)
     # instead of [L, 2, NB, bs, KVH, D].
     heads_major_pool: bool = False

@@ -17,8 +17,9 @@ from runtime.engines.base import DeviceTensor, Engine
 from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
 
 # Model metadata the ORT engine step writes (builder/build/ort_fusion/): whether a call may batch
-# several sequences' new tokens over a cached past, and the layout of a whole-pool `kv_pool` input.
+# several sequences' new tokens (at all, or over a cached past), and the layout of a whole-pool `kv_pool` input.
 BATCHED_PREFILL_WITH_PAST = "autoglm_trt.batched_prefill_with_past"
+BATCHED_PREFILL = "autoglm_trt.batched_prefill"
 KV_LAYOUT = "autoglm_trt.kv_layout"
 HEADS_MAJOR = "L,2,NB,KVH,bs,D"  # each block holds its heads' tokens contiguously
 TOKENS_MAJOR = "L,2,NB,bs,KVH,D"  # the portable graph's per-layer inputs, stacked
@@ -47,6 +48,7 @@ class OnnxRuntimeEngine(Engine):
         self.input_dtypes = {i.name: np.dtype(ort_type_to_numpy(i.type)) for i in self.session.get_inputs()}
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.batched_prefill_with_past = metadata.get(BATCHED_PREFILL_WITH_PAST, "true") == "true"
+        self.batched_prefill = metadata.get(BATCHED_PREFILL, "true") == "true"
         self.heads_major_pool = metadata.get(KV_LAYOUT, TOKENS_MAJOR) == HEADS_MAJOR
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
 

@@ -34,7 +34,7 @@ from builder.build.ort_fusion.packed_projections import pack_float_projections
 from builder.build.ort_fusion.paged_attention import PagedAttentionToGQA
 from builder.build.ort_fusion.rotary import InterleavedPartialRotary
 from runtime import decoder_io as io
-from runtime.engines.onnxruntime import BATCHED_PREFILL_WITH_PAST
+from runtime.engines.onnxruntime import BATCHED_PREFILL, BATCHED_PREFILL_WITH_PAST
 
 
 @dataclass
@@ -96,6 +96,8 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
         record("  of which read packed q/k/v and rotate them", rotating, "autoglm-trt")
         if fused:  # ORT's CPU GQA: see paged_attention.py
             model.metadata_props[BATCHED_PREFILL_WITH_PAST] = "false"
+        if rotating:
+            model.metadata_props[BATCHED_PREFILL] = "false"
         common_passes.CommonSubexpressionEliminationPass()(model)  # one copy of the shared GQA inputs
         record("new_kv in one Concat", fuse_new_kv(model), "autoglm-trt")
         record("kv_pool: one Gather for every layer's past", fuse_kv_pool(model), "autoglm-trt")

@@ -20,8 +20,10 @@ at once. Otherwise q and k keep their own rotary (com.microsoft.RotaryEmbedding 
 projections) and are reshaped for GQA.
 
 ORT's CPU GQA rejects batch > 1 with several new tokens and a non-empty past (prefix reuse during a
-batched prefill); the engine says so in its metadata (runtime/engines/onnxruntime.py), and the runtime runs such batches one
-sequence at a time.
+batched prefill); and when it rotates q/k itself, a first prompt of several sequences is rotated by
+the first sequence's `position_ids` alone (ORT 1.31, measured: the others' outputs differ; one
+sequence, or one new token each, is exact). The engine says which in its metadata
+(runtime/engines/onnxruntime.py), and the runtime runs such batches one sequence at a time.
 """
 
 from __future__ import annotations
