@@ -100,18 +100,16 @@ TEXT = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    # head_dim 32: the smallest whose rotary (16 dims, 8 frequencies) ORT's GroupQueryAttention
-    # rotates itself, as it does GLM-4.1V's (128, 32 frequencies)
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
+    "num_attention_heads": 4,  # head_dim 16
+    "num_key_value_heads": 2,
     "max_position_embeddings": 4096,
     "initializer_range": INIT_STD,
-    # rotary dim = 32 * 0.5 = 16 → 8 frequencies split over (t, h, w)
+    # rotary dim = 16 * 0.5 = 8 → 4 frequencies split over (t, h, w)
     "rope_parameters": {
         "rope_type": "default",
         "rope_theta": 10000.0,
         "partial_rotary_factor": 0.5,
-        "mrope_section": [2, 3, 3],
+        "mrope_section": [1, 1, 2],
     },
 }
 AUDIO = {"num_mel_bins": 80, "d_model": 32, "layers": 2, "heads": 2, "ffn_dim": 64, "stack_factor": 4}
