@@ -42,7 +42,7 @@ def test_fused_decoders_run_gqa_over_the_whole_pool(built):
         assert ops["GroupQueryAttention"] == layers and ops["Softmax"] == 0
         assert ops["SkipSimplifiedLayerNormalization"] >= 2 * layers - 1
         attention = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
-        rotating = [n for n in attention if helper.get_node_attr_value(n, "do_rotary") == 1]
+        rotating = [n for n in attention if any(a.name == "do_rotary" and a.i == 1 for a in n.attribute)]
         if model_dir.name == "smollm2-135m":
             # q/k/v packed into GQA, which rotates them; new_kv's K of every layer rotated by one
             # RotaryEmbedding; prompts prefilled one at a time (paged_attention.py)
