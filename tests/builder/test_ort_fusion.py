@@ -18,11 +18,6 @@ from runtime import decoder_io as io
 from runtime.manifest import Manifest
 
 
-def _ops(path) -> Counter:
-    model = onnx.load(str(path), load_external_data=False)
-    return Counter(n.op_type for n in model.graph.node)
-
-
 def test_fused_decoders_run_gqa_over_the_whole_pool(built):
     model_dir, engines = built
     manifest = Manifest.load(engines)

@@ -137,8 +137,8 @@ class PagedAttentionToGQA(pattern.RewriteRuleClassBase):
         q_rotary, k_rotary, v_rotary = rotaries
         if None in sources or v_rotary is not None or not same_rotary(q_rotary, k_rotary):
             return None
-        rotary = self._rotary(op, q_rotary)
-        return rotary if (rotary.dim or head_dim) % 16 == 0 else None
+        width = q_rotary.attributes.get_int("rotary_embedding_dim", 0) or head_dim
+        return self._rotary(op, q_rotary) if width % 16 == 0 else None
 
     def _tokens_major(self, x) -> tuple[ir.Value | None, ir.Node | None]:
         """[B, H, S, D] → ([B, S, H·D] source, its rotary node or None), looking through the
