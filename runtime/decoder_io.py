@@ -26,9 +26,6 @@ BLOCK_TABLES = "block_tables"
 LOGIT_INDEX = "logit_index"
 MEDIA_EMBEDS = "media_embeds"
 MEDIA_ROWS = "media_rows"
-# ONNX Runtime engines take the pool whole, [L, 2, NB, bs, KVH, D], in place of the per-layer inputs
-# (builder/build/ort_fusion/kv_pool.py); the runtime feeds whichever the engine declares.
-KV_POOL = "kv_pool"
 LOGITS = "logits"
 HIDDEN_IN = "hidden_in"  # a later pipeline stage's input: the previous stage's hidden_out
 HIDDEN_OUT = "hidden_out"
@@ -43,9 +40,7 @@ def kv_input_names(num_layers: int) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(num_layers) for kind in ("key_cache", "value_cache")]
 
 
-def kv_dtype_input(names) -> str:
-    """The input whose dtype is the pool's: `kv_pool`, else the first layer's key cache."""
-    return KV_POOL if KV_POOL in names else kv_input_names(1)[0]
+POOL_DTYPE_INPUT = "key_cache.0"  # the input whose dtype is the KV pool's
 
 
 def input_names(num_layers: int, media: bool = False, first: bool = True, last: bool = True) -> list[str]:

@@ -60,7 +60,7 @@ class PagedTextDecoder:
                 block_size=limits.block_size,
                 num_kv_heads=limits.num_kv_heads,
                 head_dim=limits.head_dim,
-                dtype=engine.input_dtypes[io.kv_dtype_input(engine.input_dtypes)],
+                dtype=engine.input_dtypes[io.POOL_DTYPE_INPUT],
                 heads_major=engine.heads_major_pool,
             )
         )

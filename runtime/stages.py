@@ -55,7 +55,7 @@ class StagedEngine(Engine):
     def create_kv_pool(self, spec: KVPoolSpec) -> StagedKVPool:
         pools = []
         for stage, (start, stop) in zip(self.stages, self.layers, strict=True):
-            dtype = stage.input_dtypes[io.kv_dtype_input(stage.input_dtypes)]
+            dtype = stage.input_dtypes[io.POOL_DTYPE_INPUT]
             stage_spec = replace(
                 spec, num_layers=stop - start, dtype=dtype, heads_major=stage.heads_major_pool
             )
@@ -96,12 +96,7 @@ def check_stages(manifest: Manifest, precision: str, hint: str) -> None:
         first, last = index == 0, index == len(stages) - 1
         expected = set(io.input_names(stop - start, first=first, last=last))  # media inputs optional
         inputs = {t.name: t for t in entry.inputs}
-        if io.KV_POOL in inputs:  # ONNX Runtime engines take the pool whole: [L, 2, …]
-            expected -= set(io.kv_input_names(stop - start))
-            expected.add(io.KV_POOL)
-            layers_ok = inputs[io.KV_POOL].shape[0] == stop - start
-        else:
-            layers_ok = True
+        layers_ok = sum(1 for name in inputs if name.startswith("key_cache.")) == stop - start
         outputs = {t.name for t in entry.outputs}
         if not layers_ok or expected - set(inputs) or outputs != set(io.output_names(last)):
             raise EngineDirError(

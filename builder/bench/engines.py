@@ -237,7 +237,7 @@ def bench_memory(report: EngineReport, cfg: EngineBenchConfig, log) -> None:
 
 
 def bench_roofline(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest, log) -> None:
-    from runtime.decoder_io import kv_dtype_input
+    from runtime.decoder_io import POOL_DTYPE_INPUT
     from runtime.paged_decoder import DecoderLimits
 
     decode_b1 = [r for r in report.results if (r["component"], r["phase"], r["batch"]) == (TEXT, "decode", 1)]
@@ -254,8 +254,7 @@ def bench_roofline(report: EngineReport, cfg: EngineBenchConfig, manifest: Manif
         if precision not in weights:
             weights[precision] = roofline.weight_bytes(cfg.engines_dir / entry.file, entry.backend)
         read = weights[precision]
-        kv_input = kv_dtype_input({t.name for t in entry.inputs})
-        itemsize = _itemsize(next(t.dtype for t in entry.inputs if t.name == kv_input))
+        itemsize = _itemsize(next(t.dtype for t in entry.inputs if t.name == POOL_DTYPE_INPUT))
         kv = roofline.kv_bytes_per_token(limits, context, itemsize)
         cases.append(
             {"precision": precision, "context": context, "weights_counted_as": read.counted_as,

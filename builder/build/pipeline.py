@@ -45,7 +45,7 @@ ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
 }
 # Bump when a backend's engine step changes what it makes from the same graph (fusions, kernels),
 # so builds redo those engines.
-ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 5, Backend.tensorrt: 2}
+ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 6, Backend.tensorrt: 2}
 
 
 def resolve_backend(requested: Backend) -> Backend:
@@ -153,8 +153,8 @@ def engine_from_onnx(
             report = step(graph, staged, **(step_options or {})) | {
                 "step_version": ENGINE_STEP_VERSION[backend]
             }
-        # An engine's I/O can differ from its graph's: the fused ORT decoder takes the KV pool
-        # whole, and a TensorRT plan is parsed from a copy of the graph with fp16 KV (report["onnx"]).
+        # An engine's I/O can differ from its graph's: the fused ORT decoder takes each layer's
+        # pool as rows [NB·KVH·bs, D], and a TensorRT plan is parsed from a copy of the graph with fp16 KV (report["onnx"]).
         io_graph = (
             out / name if backend is Backend.onnxruntime else graph.parent / report.get("onnx", graph.name)
         )

@@ -61,6 +61,6 @@ class Engine(ABC):
         (runtime/stages.py): a host array here, a DeviceTensor from engines on a GPU, which take
         one as the next stage's hidden_in. Engines with a device pool override this so that only
         the logits cross to the host."""
-        result, new_kv = self.run({**feeds, **pool.feeds(list(self.input_dtypes))}, [output, io.NEW_KV])
+        result, new_kv = self.run({**feeds, **pool.feeds()}, [output, io.NEW_KV])
         pool.write(new_kv, slots)
         return result

@@ -83,20 +83,14 @@ class DeviceKVPool(KVPool):
             self._kernel.compile()  # now, not inside a CUDA graph capture
             self._slots = cp.zeros(0, np.int64)
 
-    @property
-    def ptr(self) -> int:
-        return int(self.array.data.ptr)
-
     def layer_ptr(self, layer: int, kv: int) -> int:
         return int(self.array[layer, kv].data.ptr)
 
     def layer_shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[2:])
+        return self.spec.layer_input_shape
 
-    def feeds(self, input_names: list[str]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    def feeds(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """Device addresses and shapes to bind: {name: (pointer, shape)}."""
-        if io.KV_POOL in input_names:
-            return {io.KV_POOL: (self.ptr, tuple(self.array.shape))}
         names = io.kv_input_names(self.spec.num_layers)
         return {name: (self.layer_ptr(i // 2, i % 2), self.layer_shape()) for i, name in enumerate(names)}
 

@@ -86,7 +86,7 @@ class OnnxRuntimeEngine(Engine):
                 binding.bind_input(name, "cuda", self.device, np.dtype(value.dtype), list(value.shape), ptr)
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name, (ptr, shape) in pool.feeds(list(self.input_dtypes)).items():
+        for name, (ptr, shape) in pool.feeds().items():
             binding.bind_input(name, "cuda", self.device, np.dtype(pool.spec.dtype), list(shape), ptr)
         on_device = output == io.HIDDEN_OUT  # stays on this GPU for the next stage
         binding.bind_output(output, "cuda" if on_device else "cpu", self.device)

@@ -222,8 +222,7 @@ class ProfileRunner:
         self.graphs: dict[tuple, _Graph] = {}
 
     def bind_pool(self, pool) -> None:
-        names = self.owner.kv_names
-        self.kv_addresses = {name: ptr for name, (ptr, _) in pool.feeds(names).items()}
+        self.kv_addresses = {name: ptr for name, (ptr, _) in pool.feeds().items()}
         self._drop_graphs()  # captured with other addresses
         self._bind(self.context)
 

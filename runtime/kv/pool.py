@@ -10,7 +10,8 @@ memory, so a device pool never crosses to the host.
 
 Layout: one array [L, 2, NB, bs, KVH, D] (tokens-major blocks), or [L, 2, NB, KVH, bs, D]
 (heads-major: fused ONNX Runtime engines); `layer(i, j)` is layer i's K (j=0) or V (j=1), a
-contiguous [NB, …] slab, which is what engines with per-layer KV inputs bind.
+contiguous slab, which is what engines bind as that layer's KV input: [NB, bs, KVH, D], or for
+heads-major pools its rows of one token's head, [NB·KVH·bs, D] (`KVPoolSpec.layer_input_shape`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ class KVPoolSpec:
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.num_layers, 2, self.num_blocks, *self.block_shape)
+
+    @property
+    def layer_input_shape(self) -> tuple[int, ...]:
+        """One layer's K or V as the engine takes it (a view of its slab)."""
+        if self.heads_major:  # rows, gathered per token (builder/build/ort_fusion/kv_pool.py)
+            return (self.num_blocks * self.num_kv_heads * self.block_size, self.head_dim)
+        return (self.num_blocks, *self.block_shape)
 
     @property
     def nbytes(self) -> int:
@@ -81,8 +89,8 @@ class KVPool(ABC):
     spec: KVPoolSpec
 
     @abstractmethod
-    def feeds(self, input_names: list[str]) -> dict:
-        """The pool as the engine's KV inputs: `kv_pool` whole, or each layer's K and V."""
+    def feeds(self) -> dict:
+        """The pool as the engine's KV inputs: each layer's K and V."""
 
     @abstractmethod
     def write(self, new_kv, slots: SlotMapping) -> None:
@@ -101,12 +109,10 @@ class HostKVPool(KVPool):
     def layer(self, index: int, kv: int) -> np.ndarray:
         return self.array[index, kv]
 
-    def feeds(self, input_names: list[str]) -> dict[str, np.ndarray]:
-        if io.KV_POOL in input_names:
-            return {io.KV_POOL: self.array}
-        return {
-            name: self.array[i // 2, i % 2] for i, name in enumerate(io.kv_input_names(self.spec.num_layers))
-        }
+    def feeds(self) -> dict[str, np.ndarray]:
+        shape = self.spec.layer_input_shape
+        names = io.kv_input_names(self.spec.num_layers)
+        return {name: self.layer(i // 2, i % 2).reshape(shape) for i, name in enumerate(names)}
 
     def write(self, new_kv: np.ndarray, slots: SlotMapping) -> None:
         picked = new_kv[:, :, slots.rows, slots.cols]  # [L, 2, T, KVH, D]

@@ -21,9 +21,10 @@ def engines_copy(glm4v_tiny_engines, tmp_path):
 def test_loads_a_matching_engine(glm4v_tiny_engines):
     manifest = Manifest.load(glm4v_tiny_engines)
     engine = load_engine(manifest, glm4v_tiny_engines, "text_decoder", "fp32")
-    assert str(engine.input_dtypes[io.KV_POOL]) == "float32"  # the fused engine takes the pool whole
+    assert str(engine.input_dtypes[io.POOL_DTYPE_INPUT]) == "float32"
+    assert engine.heads_major_pool  # the fused engine reads its pool as rows of one token's head
     fp16 = load_engine(manifest, glm4v_tiny_engines, "text_decoder", "fp16")
-    assert str(fp16.input_dtypes[io.KV_POOL]) == "float16"
+    assert str(fp16.input_dtypes[io.POOL_DTYPE_INPUT]) == "float16"
 
 
 def test_tampered_engine_is_refused(engines_copy):

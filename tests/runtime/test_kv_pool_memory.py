@@ -73,17 +73,21 @@ def test_host_pool_scatter_matches_token_by_token_writes(heads_major):
     assert (pool.array == 7.0).sum() == pool.array.size - 6 * L * 2 * KVH * D
 
 
-def test_host_pool_feeds_are_views_of_the_pool():
-    pool = HostKVPool(_spec(False))
-    per_layer = pool.feeds(io.kv_input_names(L))
+@pytest.mark.parametrize("heads_major", [False, True])
+def test_host_pool_feeds_are_views_of_the_pool(heads_major):
+    pool = HostKVPool(_spec(heads_major))
+    per_layer = pool.feeds()
     assert list(per_layer) == io.kv_input_names(L)
     for i, array in enumerate(per_layer.values()):
         assert np.shares_memory(array, pool.array) and array.flags.c_contiguous
-        assert array.shape == (NB, BS, KVH, D)
-        array[1, 0, 0, 0] = i + 1
-    assert [pool.array[i // 2, i % 2, 1, 0, 0, 0] for i in range(2 * L)] == list(range(1, 2 * L + 1))
-    whole = pool.feeds([io.KV_POOL, io.INPUT_IDS])
-    assert list(whole) == [io.KV_POOL] and whole[io.KV_POOL] is pool.array
+        # heads-major: rows of one token's head, in (block, head, token) order
+        assert array.shape == ((NB * KVH * BS, D) if heads_major else (NB, BS, KVH, D))
+        if heads_major:
+            array[KVH * BS + 1] = i + 1  # block 1, head 0, token 1
+        else:
+            array[1, 1] = i + 1
+    second_token = pool.array[:, :, 1, 0, 1] if heads_major else pool.array[:, :, 1, 1, 0]
+    assert second_token[..., 0].ravel().tolist() == list(range(1, 2 * L + 1))
 
 
 def test_pool_size_in_bytes():
@@ -130,5 +134,5 @@ def test_device_pool_scatter_matches_the_host_pool(heads_major, dtype):
     device.write(cupy.asarray(new_kv), slots)
     device.synchronize()
     np.testing.assert_array_equal(cupy.asnumpy(device.array), host.array)
-    ptr, shape = device.feeds(io.kv_input_names(L))["value_cache.1"]
+    ptr, shape = device.feeds()["value_cache.1"]
     assert ptr == device.array[1, 1].data.ptr and shape == (NB, BS, KVH, D)

@@ -167,8 +167,8 @@ class _Pool:
         self.addresses = {name: 0xA000_0000 + 0x1000 * i for i, name in enumerate(names)}
         self.scatters = []
 
-    def feeds(self, names):
-        return {name: (self.addresses[name], (9, 16, 1, 4)) for name in names}
+    def feeds(self):
+        return {name: (address, (9, 16, 1, 4)) for name, address in self.addresses.items()}
 
     def layer_shape(self):
         return (9, 16, 1, 4)

@@ -100,7 +100,7 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
             model.metadata_props[BATCHED_PREFILL] = "false"
         common_passes.CommonSubexpressionEliminationPass()(model)  # one copy of the shared GQA inputs
         record("new_kv in one Concat", fuse_new_kv(model), "autoglm-trt")
-        record("kv_pool: one Gather for every layer's past", fuse_kv_pool(model), "autoglm-trt")
+        record("paged past: one Gather per layer's K and V", fuse_kv_pool(model), "autoglm-trt")
     for name, count in fuse_matmul_nbits(model).items():
         record(name, count, "autoglm-trt")
     common_passes.RemoveUnusedNodesPass()(model)  # the replaced attention's q/k/v reshapes

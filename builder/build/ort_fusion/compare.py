@@ -7,9 +7,11 @@ The engine's MatMulNBits quantise their activations themselves, per block and pe
 the W8A8 graph's static per-tensor activation scales (kept for TensorRT), so the reference drops
 those Q/DQ pairs: the same dequantised weights, float activations. What that choice costs or gains
 against fp32 is measured by `bench engines --accuracy-only`.
-Cases cover what generation does: prefill at batch 1 and 8, decode at batch 1 and 8 over pasts of
-different lengths read through shuffled block tables, and a chunk of new tokens after a cached
-prefix. Past K/V come from a real prefill of random tokens by the reference (so activations stay in
+Cases cover what generation does: prefill at batch 1 and 8, prompts of different lengths and
+positions in one batch (right-padded; positions shifted as GLM's are after an image; the engine
+runs them as the runtime would, one at a time where its metadata says it cannot batch them), decode at batch 1 and 8 over pasts of different lengths read through
+shuffled block tables, and a chunk of new tokens after a cached prefix. Only real tokens' outputs
+are compared. Past K/V come from a real prefill of random tokens by the reference (so activations stay in
 distribution, as they are in use); unused pool slots hold noise, so a masking slip shows. Outputs are compared by cosine
 similarity and by top-1 agreement of the logits.
 """
@@ -24,16 +26,31 @@ import onnx
 import onnxruntime as ort
 
 from runtime import decoder_io as io
-from runtime.engines.onnxruntime import HEADS_MAJOR, KV_LAYOUT
+from runtime.engines.onnxruntime import BATCHED_PREFILL, HEADS_MAJOR, KV_LAYOUT
+from runtime.kv.pool import HostKVPool, KVPoolSpec
 
-# (name, batch, new tokens, past lengths)
+POOL = "pool"  # a case's K/V [L, 2, NB, bs, KVH, D], fed as each graph takes it (_run)
+
+
+@dataclass(frozen=True)
+class _Case:
+    name: str
+    batch: int
+    seq: int  # new tokens per row, padded
+    past: tuple[int, ...]
+    lengths: tuple[int, ...] | None = None  # each row's real new tokens; None: all `seq`
+    # each row's positions jump by this after its 3rd token (as GLM's do after an image)
+    jumps: tuple[int, ...] | None = None
+
+
 CASES = (
-    ("prefill b1", 1, 37, (0,)),
-    ("prefill b8", 8, 16, (0,) * 8),
-    ("decode b1", 1, 1, (37,)),
-    ("decode b2", 2, 1, (32, 16)),  # the longest past ends on a block boundary
-    ("decode b8", 8, 1, (5, 37, 0, 16, 17, 100, 3, 64)),
-    ("chunk b1", 1, 5, (20,)),
+    _Case("prefill b1", 1, 37, (0,)),
+    _Case("prefill b8", 8, 16, (0,) * 8),
+    _Case("prefill b3 ragged", 3, 16, (0,) * 3, (16, 9, 4), (0, 7, 3)),
+    _Case("decode b1", 1, 1, (37,)),
+    _Case("decode b2", 2, 1, (32, 16)),  # the longest past ends on a block boundary
+    _Case("decode b8", 8, 1, (5, 37, 0, 16, 17, 100, 3, 64)),
+    _Case("chunk b1", 1, 5, (20,)),
 )
 
 
@@ -54,7 +71,7 @@ class EngineCheck:
     def line(self) -> str:
         top1 = f"  top-1 {self.top1:.3f}" if self.top1 is not None else ""
         return (
-            f"{self.case:<11} {self.output:<7} cosine {self.cosine:.6f}  max|Δ| {self.max_abs_diff:.2e} "
+            f"{self.case:<17} {self.output:<7} cosine {self.cosine:.6f}  max|Δ| {self.max_abs_diff:.2e} "
             f"of {self.ref_max_abs:.1f}{top1}  {'ok' if self.passed else 'FAIL'}"
         )
 
@@ -95,11 +112,14 @@ def _shape_of(graph: Path) -> _Shape:
     )
 
 
-def _feeds(shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+def _feeds(
+    shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int, jumps: tuple[int, ...] = (0,)
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     blocks = -(-(max(past) + seq) // shape.block_size)  # the past's and the new tokens' blocks
     tables = 1 + rng.permutation(batch * blocks).reshape(batch, blocks)
-    positions = np.asarray(past)[:, None] + np.arange(seq)
+    jumped = np.asarray(jumps).reshape(-1, 1) * (np.arange(seq) >= 3)
+    positions = np.asarray(past)[:, None] + np.arange(seq) + jumped
     feeds = {
         io.INPUT_IDS: rng.integers(0, shape.vocab or 1000, (batch, seq)),
         io.POSITION_IDS: np.broadcast_to(positions, (3, batch, seq))
@@ -113,7 +133,7 @@ def _feeds(shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int
     pool = rng.standard_normal(
         (shape.layers, 2, 1 + batch * blocks, shape.block_size, shape.kv_heads, shape.head_dim)
     )
-    feeds[io.KV_POOL] = pool.astype(shape.kv_dtype)
+    feeds[POOL] = pool.astype(shape.kv_dtype)
     if shape.hidden is not None:
         feeds[io.HIDDEN_IN] = rng.standard_normal((batch, seq, shape.hidden)).astype(np.float32)
     if shape.media_width is not None:  # text-only steps: one zero row, no row taken
@@ -128,7 +148,7 @@ def _fill_past(shape: _Shape, feeds: dict[str, np.ndarray], session: ort.Inferen
     batch, longest = len(past), int(past.max())
     prefill = _feeds(shape, batch, longest, (0,) * batch, seed + 1000)
     new_kv = _run(session, prefill)[1]  # [L, 2, B, longest, KVH, D]
-    pool, tables = feeds[io.KV_POOL], feeds[io.BLOCK_TABLES]
+    pool, tables = feeds[POOL], feeds[io.BLOCK_TABLES]
     for row, length in enumerate(past):
         positions = np.arange(length)
         blocks, offsets = tables[row, positions // shape.block_size], positions % shape.block_size
@@ -138,18 +158,47 @@ def _fill_past(shape: _Shape, feeds: dict[str, np.ndarray], session: ort.Inferen
 def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     names = {i.name for i in session.get_inputs()}
     given = {name: value for name, value in feeds.items() if name in names}
-    pool = feeds[io.KV_POOL]  # [L, 2, NB, bs, KVH, D]
-    if session.get_modelmeta().custom_metadata_map.get(KV_LAYOUT) == HEADS_MAJOR:
-        given[io.KV_POOL] = np.ascontiguousarray(pool.transpose(0, 1, 2, 4, 3, 5))
-    if io.KV_POOL not in names:  # the portable graph takes the pool per layer
-        for index, name in enumerate(io.kv_input_names(pool.shape[0])):
-            given[name] = np.ascontiguousarray(pool[index // 2, index % 2])
+    pool = feeds[POOL]  # [L, 2, NB, bs, KVH, D]
+    layers, _, blocks, block_size, kv_heads, head_dim = pool.shape
+    heads_major = session.get_modelmeta().custom_metadata_map.get(KV_LAYOUT) == HEADS_MAJOR
+    spec = KVPoolSpec(layers, blocks, block_size, kv_heads, head_dim, pool.dtype, heads_major)
+    host = HostKVPool(spec)  # the runtime's pool, so its layout and feeds are the engine's
+    host.array[...] = pool.transpose(0, 1, 2, 4, 3, 5) if heads_major else pool
+    given |= host.feeds()
     for name in (io.MEDIA_EMBEDS, io.HIDDEN_IN):  # fp16 engines take them in fp16
         if name in names:
             kind = next(i.type for i in session.get_inputs() if i.name == name)
             given[name] = given[name].astype(np.float16 if "float16" in kind else np.float32)
     outputs = [o.name for o in session.get_outputs() if o.name != io.NEW_KV]
     return session.run([*outputs, io.NEW_KV], given)
+
+
+def _row(feeds: dict[str, np.ndarray], row: int, length: int) -> dict[str, np.ndarray]:
+    """One row's call: its first `length` new tokens, the same pool and media."""
+    per_token = (io.INPUT_IDS, io.POSITION_IDS, io.LOGIT_INDEX, io.MEDIA_ROWS, io.HIDDEN_IN)
+    sliced = {}
+    for name, value in feeds.items():
+        if name in per_token:
+            rank3 = name == io.POSITION_IDS and value.ndim == 3  # [3, B, S]
+            sliced[name] = value[:, row : row + 1, :length] if rank3 else value[row : row + 1, :length]
+        elif name in (io.PAST_LENS, io.BLOCK_TABLES):
+            sliced[name] = value[row : row + 1]
+        else:
+            sliced[name] = value
+    return sliced
+
+
+def _run_as_runtime(session: ort.InferenceSession, feeds: dict, case: _Case) -> list[np.ndarray]:
+    """Outputs of the case's real tokens, [T, …] and new_kv [L, 2, T, KVH, D], T = all rows' tokens in
+    row order; prompts of different lengths one row at a time where the engine's metadata says so."""
+    lengths = case.lengths or (case.seq,) * case.batch
+    batched = session.get_modelmeta().custom_metadata_map.get(BATCHED_PREFILL, "true") == "true"
+    if batched or case.lengths is None:
+        out, new_kv = _run(session, feeds)
+        rows = [(out[b : b + 1, :n], new_kv[:, :, b : b + 1, :n]) for b, n in enumerate(lengths)]
+    else:
+        rows = [_run(session, _row(feeds, b, n)) for b, n in enumerate(lengths)]
+    return [np.concatenate([o[0] for o, _ in rows]), np.concatenate([kv[:, :, 0] for _, kv in rows], axis=2)]
 
 
 def _check(case: str, output: str, ref: np.ndarray, got: np.ndarray, min_cosine: float) -> EngineCheck:
@@ -206,18 +255,18 @@ def compare_engine(reference: Path, engine: Path, min_cosine: float, threads: in
     del stripped
     # One session at a time: a large model's graph and engine do not both fit beside each other.
     cases = []
-    for seed, (case, batch, seq, past) in enumerate(CASES):
-        feeds = _feeds(shape, batch, seq, past, seed)
-        if max(past):
+    for seed, case in enumerate(CASES):
+        feeds = _feeds(shape, case.batch, case.seq, case.past, seed, case.jumps or (0,))
+        if max(case.past):
             _fill_past(shape, feeds, ref_session, seed)
-        cases.append((case, feeds, _run(ref_session, feeds)))
+        cases.append((case, feeds, _run_as_runtime(ref_session, feeds, case)))
     del ref_session
     engine_session = ort.InferenceSession(str(engine), fused, providers=providers)
     checks = []
     for case, feeds, ref in cases:
-        got = _run(engine_session, feeds)
-        checks.append(_check(case, shape.output, ref[0], got[0], min_cosine))
-        checks.append(_check(case, io.NEW_KV, ref[1], got[1], min_cosine))
+        got = _run_as_runtime(engine_session, feeds, case)
+        checks.append(_check(case.name, shape.output, ref[0], got[0], min_cosine))
+        checks.append(_check(case.name, io.NEW_KV, ref[1], got[1], min_cosine))
     return checks
 
 
