@@ -4,7 +4,9 @@ Byte-level BPE splits a Chinese character (3 UTF-8 bytes) or an emoji over sever
 decoding a prefix that ends mid-character yields U+FFFD. SentencePiece-style tokenizers drop the
 leading space of the first token of a decode. Both are handled the way Hugging Face's
 TextStreamer and vLLM do it: decode a short window of recent tokens twice (with and without the
-newest ones) and emit only the difference, and only once it no longer ends in U+FFFD.
+newest ones) and emit only the difference, and only once it no longer ends in U+FFFD. Bytes that a
+later token shows will never complete a character are emitted as the U+FFFD the whole decode has
+there, and so is an incomplete character left at the end, so a stream reads as the full decode.
 
 The tokenizer must be a Hugging Face tokenizer (`decode(ids, skip_special_tokens=...)`).
 """
@@ -18,8 +20,7 @@ class IncrementalDetokenizer:
     """Feed token ids as they are generated; get back the new text for each push.
 
     Invariant: the concatenation of everything `push` and `flush` returned equals the full
-    decode of all ids pushed, minus any U+FFFD (bytes that never formed a valid character are
-    dropped rather than shown as replacement characters).
+    decode of all ids pushed (U+FFFD included where bytes never formed a character).
     """
 
     def __init__(self, tokenizer, skip_special_tokens: bool = True) -> None:
@@ -42,11 +43,11 @@ class IncrementalDetokenizer:
         if len(after) <= len(before) or after.endswith(REPLACEMENT):
             return ""  # nothing new, or the newest bytes are an incomplete character
         self._prefix, self._read = self._read, len(self.ids)
-        return after[len(before) :].replace(REPLACEMENT, "")
+        return after[len(before) :]
 
     def flush(self) -> str:
-        """The text still held back at the end of the sequence (incomplete characters dropped)."""
+        """The text still held back at the end of the sequence (an incomplete character as U+FFFD)."""
         before = self._decode(self.ids[self._prefix : self._read])
         after = self._decode(self.ids[self._prefix :])
         self._prefix = self._read = len(self.ids)
-        return after[len(before) :].replace(REPLACEMENT, "") if len(after) > len(before) else ""
+        return after[len(before) :] if len(after) > len(before) else ""

@@ -1,5 +1,6 @@
 """Streaming detokenisation on both presets' tokenizers: byte-level BPE splits CJK characters and
-emoji over several tokens; the streamed pieces must never hold U+FFFD and must add up exactly."""
+emoji over several tokens; the streamed pieces of valid text never hold U+FFFD, and any stream's
+pieces add up to the tokenizer's whole decode exactly."""
 
 from __future__ import annotations
 
@@ -36,14 +37,31 @@ def test_streamed_pieces_add_up_to_the_text(tokenizer, text):
         assert "" in pieces[:-1]
 
 
-def test_incomplete_character_at_the_end_is_dropped(tokenizer):
+def test_incomplete_character_at_the_end_is_held_then_flushed_as_the_decode_has_it(tokenizer):
     ids = tokenizer.encode("好", add_special_tokens=False)
     if len(ids) < 2:
         pytest.skip("this tokenizer has 好 as one token")
     detok = IncrementalDetokenizer(tokenizer)
     assert detok.push(tokenizer.encode("ok ", add_special_tokens=False)) == "ok "
-    assert detok.push(ids[:-1]) == ""
-    assert detok.flush() == ""
+    assert detok.push(ids[:-1]) == ""  # held: the next token may complete it
+    tail = detok.flush()
+    assert tail == tokenizer.decode(ids[:-1]) and REPLACEMENT in tail
+
+
+def test_bytes_that_never_complete_stream_as_the_whole_decode_writes_them(tokenizer):
+    """Stray UTF-8 fragments (what a model with random weights emits): each piece is text the whole
+    decode has, U+FFFD where bytes break off, emitted once a later token shows they will not complete."""
+    fragments = [tokenizer.encode(c, add_special_tokens=False) for c in "好界😀"]
+    fragments = [f for f in fragments if len(f) > 1]
+    if not fragments:
+        pytest.skip("this tokenizer has these characters as single tokens")
+    word = tokenizer.encode(" ok", add_special_tokens=False)
+    ids = [*word, *fragments[0][:1], *word, *fragments[-1][:-1], *word, *fragments[0][:1]]
+    detok = IncrementalDetokenizer(tokenizer)
+    pieces = [detok.push(token) for token in ids] + [detok.flush()]
+    whole = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    assert REPLACEMENT in whole and "".join(pieces) == whole
+    assert not pieces[-1].startswith(" ok") and pieces[-1].endswith(REPLACEMENT)  # only the tail was held
 
 
 def test_chunked_pushes_match_token_by_token(tokenizer):

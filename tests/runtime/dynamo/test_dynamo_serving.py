@@ -87,9 +87,8 @@ def test_same_greedy_tokens_as_our_gateway(client, glm4v_tiny_engines):
         want, got = ours.chat.completions.create(**kwargs), client.chat.completions.create(**kwargs)
         assert got.usage.prompt_tokens == want.usage.prompt_tokens
         assert got.usage.completion_tokens == want.usage.completion_tokens
-        # Random tiny weights emit stray byte tokens: Dynamo's detokenizer writes U+FFFD for an
-        # incomplete UTF-8 sequence where our gateway writes nothing. The tokens are the same.
-        assert got.choices[0].message.content.replace("\ufffd", "") == want.choices[0].message.content
+        # Random tiny weights emit stray byte tokens: both detokenizers write U+FFFD for them.
+        assert got.choices[0].message.content == want.choices[0].message.content
     finally:
         code, left = gateway.stop()
         assert code == 0 and not left

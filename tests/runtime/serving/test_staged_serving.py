@@ -37,7 +37,7 @@ def test_staged_engines_serve_the_single_graphs_answers(glm4v_tiny_staged, glm4v
                 model=server.model, messages=messages, max_tokens=16, temperature=0, extra_body=NO_THINKING
             )
             assert response.usage.completion_tokens == len(ids)
-            assert response.choices[0].message.content == content.replace("\ufffd", "")
+            assert response.choices[0].message.content == content
     finally:
         stop(server)
 
