@@ -81,19 +81,17 @@ def load_engine(
     component: str,
     precision: str,
     threads: int = 0,
-    spinning: bool = True,
     verify: bool = False,
     device: int | None = None,
 ) -> Engine:
-    """`spinning` False for processes that call several engines in turn (runtime/engines/onnxruntime.py);
-    `verify` hashes every file of the engine even if it was verified before; `device` the CUDA
+    """`verify` hashes every file of the engine even if it was verified before; `device` the CUDA
     device to run on where there is one (None: the first)."""
     entry = select_entry(manifest, engines_dir, component, precision)
     path = verify_entry(manifest, engines_dir, entry, verify)
     if entry.backend == "onnxruntime":
         from runtime.engines.onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(path, threads=threads, spinning=spinning, device=device)
+        return OnnxRuntimeEngine(path, threads=threads, device=device)
     if entry.backend == "tensorrt":
         from runtime.engines.tensorrt import TensorRTEngine
 
@@ -109,7 +107,6 @@ def load_decoder(
     engines_dir: Path,
     precision: str,
     threads: int = 0,
-    spinning: bool = True,
     devices: tuple[int, ...] = (),
 ) -> Engine:
     """The text decoder: its single engine, or its pipeline stages as one StagedEngine (runtime/stages.py),
@@ -123,16 +120,14 @@ def load_decoder(
         )
     placed = devices or (None,) * len(components)
     if not manifest.stages:
-        return load_engine(
-            manifest, engines_dir, TEXT_DECODER, precision, threads, spinning, device=placed[0]
-        )
+        return load_engine(manifest, engines_dir, TEXT_DECODER, precision, threads, device=placed[0])
     from runtime.stages import StagedEngine, check_stages
 
     if precision not in manifest.precisions(TEXT_DECODER):
         select_entry(manifest, engines_dir, TEXT_DECODER, precision)  # names what is built
     check_stages(manifest, precision, rebuild_hint(manifest, engines_dir, precision))
     engines = [
-        load_engine(manifest, engines_dir, component, precision, threads, spinning, device=device)
+        load_engine(manifest, engines_dir, component, precision, threads, device=device)
         for component, device in zip(components, placed, strict=True)
     ]
     return StagedEngine(engines, [tuple(stage["layers"]) for stage in manifest.stages])

@@ -43,20 +43,18 @@ class LLMEngine:
         kv_blocks: int | None = None,
         max_batch: int | None = None,
         prefix_caching: bool = False,
-        spinning: bool = True,
         devices: tuple[int, ...] = (),
     ):
         """`precision` auto: int4 > int8 > fp16 > fp32, whichever is built. `kv_blocks` None: room
         for `max_batch` sequences of the engines' max_seq_len. `max_batch` None: the batch the
-        engines were built for (their manifest). `spinning` False: idle ORT threads sleep (for
-        processes that run several engines in turn). `devices`: the CUDA device of each pipeline
+        engines were built for (their manifest). `devices`: the CUDA device of each pipeline
         stage (runtime/stages.py), () the first there is; the CPU where there is none."""
         self.engines_dir, self.threads = engines_dir, threads
         self.manifest = Manifest.load(engines_dir)
         self.precision = choose_component_precision(self.manifest, COMPONENT, precision)
         self.limits = DecoderLimits.from_manifest(self.manifest.decoder)
         start = time.perf_counter()
-        engine = load_decoder(self.manifest, engines_dir, self.precision, threads, spinning, devices)
+        engine = load_decoder(self.manifest, engines_dir, self.precision, threads, devices)
         self.load_s = time.perf_counter() - start
         self.tokenizer_dir = engines_dir / self.manifest.tokenizer_dir
         self.tokenizer = TextTokenizer(self.tokenizer_dir)

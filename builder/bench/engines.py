@@ -19,7 +19,7 @@ from pathlib import Path
 from builder.bench import encoder_cases, roofline, text_cases
 from builder.bench.memory import MemoryCase, peak_rss_mb
 from builder.bench.results import latency_ratios, ordered, precision_rank
-from builder.bench.stats import summarize, time_interleaved
+from builder.bench.stats import summarize, time_in_blocks
 from runtime.errors import RuntimeUserError
 from runtime.llm_engine import COMPONENT as TEXT
 from runtime.manifest import Manifest
@@ -106,26 +106,19 @@ def _rows(
     return rows
 
 
-def _measure(report: EngineReport, cfg: EngineBenchConfig, log, label: str, rows_of, runs: dict) -> None:
-    samples = time_interleaved(runs, cfg.repeats, cfg.warmup)
+def _measure(
+    report: EngineReport,
+    cfg: EngineBenchConfig,
+    log,
+    label: str,
+    rows_of,
+    runs: dict,
+    meters: dict | None = None,
+) -> None:
+    samples = time_in_blocks(runs, cfg.repeats, cfg.warmup, meters=meters)
     rows = rows_of(samples)
     report.results += rows
     log(f"{label}: " + "  ".join(f"{r['precision']} {r['p50_ms']:.2f} ms" for r in rows))
-
-
-def _metered(meter: EnergyMeter, run: Callable[[], object], skip: int) -> Callable[[], object]:
-    """`run` inside `meter`, except its first `skip` calls (time_interleaved's warm-up)."""
-    calls = 0
-
-    def call():
-        nonlocal calls
-        calls += 1
-        if calls <= skip:
-            return run()
-        with meter:
-            return run()
-
-    return call
 
 
 def _per_token(rows: list[dict], meters: dict[str, EnergyMeter], tokens_per_call: int) -> list[dict]:
@@ -143,8 +136,9 @@ def bench_text(report: EngineReport, cfg: EngineBenchConfig, manifest: Manifest,
 
     precisions = chosen_precisions(manifest, TEXT, cfg.precisions)
     log(f"text_decoder: loading {', '.join(precisions)}")
-    # Precisions run in turn in this process: their threads must not spin while another runs.
-    llms = {p: LLMEngine(cfg.engines_dir, p, threads=cfg.threads, spinning=False) for p in precisions}
+    # Spinning sessions, as a lone serving engine's; each precision is timed in blocks of calls that
+    # start once the others' threads have fallen idle (stats.time_in_blocks).
+    llms = {p: LLMEngine(cfg.engines_dir, p, threads=cfg.threads) for p in precisions}
     for batch in cfg.prefill_batches:
         for seq in cfg.prompt_lengths:
             runs = {p: text_cases.prefill_case(g, batch, seq) for p, g in llms.items()}
@@ -162,14 +156,12 @@ def _bench_decode(report: EngineReport, cfg: EngineBenchConfig, llms: dict, log)
         for context in cfg.contexts:
             for batch in cfg.batches:
                 meters = {p: EnergyMeter(rapl) for p in llms}
-                runs = {
-                    p: _metered(meters[p], text_cases.decode_case(g, batch, context), cfg.warmup)
-                    for p, g in llms.items()
-                }
+                runs = {p: text_cases.decode_case(g, batch, context) for p, g in llms.items()}
                 rows_of = lambda s, b=batch, c=context, m=meters: _per_token(  # noqa: E731
                     _rows(TEXT, "decode", b, 1, s, c), m, b
                 )
-                _measure(report, cfg, log, f"text_decoder decode b{batch} c{context}", rows_of, runs)
+                label = f"text_decoder decode b{batch} c{context}"
+                _measure(report, cfg, log, label, rows_of, runs, meters)
     finally:
         report.energy = {
             "cpu": "process CPU time (all threads) of the timed decode calls / tokens generated",
@@ -190,8 +182,7 @@ def bench_encoder(
     precisions = chosen_precisions(manifest, component, cfg.precisions)
     log(f"{component}: loading {', '.join(precisions)}")
     engines = {
-        p: load_engine(manifest, cfg.engines_dir, component, p, threads=cfg.threads, spinning=False)
-        for p in precisions
+        p: load_engine(manifest, cfg.engines_dir, component, p, threads=cfg.threads) for p in precisions
     }
     limit = manifest.axes.get("batch", [1, 8])[1]
     batches = [b for b in cfg.batches if b <= limit]

@@ -1,13 +1,15 @@
 """Timing statistics: percentiles of repeated calls, and interleaved measurement of alternatives.
 
-Alternatives (precisions) are timed round-robin in one process, so a slow spell of the machine
-(another job, frequency scaling) lands on all of them alike instead of on whichever ran then.
+Alternatives (precisions) are timed in short blocks, round-robin, in one process, so a slow spell of
+the machine (another job, frequency scaling) lands on all of them alike instead of on whichever ran
+then.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -38,27 +40,39 @@ def interleaved_order(names: Sequence[str], repeats: int) -> list[str]:
     return [names[(r + i) % count] for r in range(repeats) for i in range(count)]
 
 
-def time_interleaved(
+def time_in_blocks(
     runs: Mapping[str, Callable[[], object]],
     repeats: int,
     warmup: int = 1,
+    block: int = 5,
+    settle: int = 2,
+    meters: Mapping[str, AbstractContextManager] | None = None,
     timer: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Milliseconds of `repeats` calls of each run, after `warmup` untimed calls of each.
 
-    The warm-up pays for first-call costs (ONNX Runtime's allocations, lazily mapped pages) that a
-    running server pays once, so they do not belong in the percentiles.
+    Calls are timed in blocks of up to `block` consecutive calls of one run, the runs' blocks
+    round-robin. Each block first makes `settle` untimed calls: engines keep their threads spinning
+    between calls, as a lone serving engine does, so the engine timed before has to fall idle and
+    this one's weights come back into cache before its timing starts. The warm-up pays for
+    first-call costs (ONNX Runtime's allocations, lazily mapped pages) that a running server pays
+    once, so they do not belong in the percentiles. `meters`: a context manager per run, entered
+    around each timed call (CPU time, energy).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if repeats < 1 or block < 1:
+        raise ValueError(f"repeats and block must be at least 1, got {repeats} and {block}")
     for _ in range(warmup):
         for run in runs.values():
             run()
     samples: dict[str, list[float]] = {name: [] for name in runs}
-    for name in interleaved_order(list(runs), repeats):
-        start = timer()
-        runs[name]()
-        samples[name].append((timer() - start) * 1000.0)
+    for name in interleaved_order(list(runs), -(-repeats // block)):
+        for _ in range(settle):
+            runs[name]()
+        for _ in range(min(block, repeats - len(samples[name]))):
+            with meters[name] if meters else nullcontext():
+                start = timer()
+                runs[name]()
+                samples[name].append((timer() - start) * 1000.0)
     return samples
 
 

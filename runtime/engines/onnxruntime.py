@@ -26,20 +26,14 @@ TOKENS_MAJOR = "L,2,NB,bs,KVH,D"  # the portable graph's per-layer inputs, stack
 
 
 class OnnxRuntimeEngine(Engine):
-    def __init__(
-        self, path: Path, threads: int = 0, spinning: bool = True, device: int | None = None
-    ) -> None:
-        """`threads` 0: all cores. `spinning` False: the session's threads sleep between calls
-        instead of spinning for the next one; for processes that call several engines in turn
-        (bench engines), where an idle engine's spinning threads take the cores from the busy one
-        (one decode step measured 7.5 ms alone, 14.5 ms beside another spinning engine). `device`:
-        the CUDA device where onnxruntime-gpu is installed (a pipeline stage's); None: device 0."""
+    def __init__(self, path: Path, threads: int = 0, device: int | None = None) -> None:
+        """`threads` 0: all cores. ORT's default: idle threads spin a while before they sleep, so a
+        decode step's many short kernels do not wait for threads to wake. `device`: the CUDA
+        device where onnxruntime-gpu is installed (a pipeline stage's); None: device 0."""
         options = ort.SessionOptions()
         # The saved graph is already fused (EXTENDED); ALL adds this CPU's layout optimizations.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device or 0
         providers: list = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in ort.get_available_providers():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from builder.bench.results import latency_ratios
-from builder.bench.stats import interleaved_order, summarize, time_interleaved
+from builder.bench.stats import interleaved_order, summarize, time_in_blocks
 
 
 def test_summary_matches_numpy_percentiles():
@@ -37,9 +37,25 @@ class FakeClock:
         return self.now
 
 
-def test_warm_up_calls_are_not_timed_and_runs_are_interleaved():
+class Meter:
+    """Counts the calls made inside it."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_blocks_settle_untimed_then_time_their_calls_and_rotate():
     clock, calls = FakeClock(), []
-    durations = {"a": iter([5.0, 0.001, 0.002, 0.003]), "b": iter([7.0, 0.010, 0.020, 0.030])}
+    timed = {"a": [1.0, 2.0, 3.0, 4.0, 5.0], "b": [10.0, 20.0, 30.0, 40.0, 50.0]}
+    durations = {name: iter([5.0, 9.0, 9.0, *[ms / 1000 for ms in values[:2]], 9.0, 9.0,
+                             *[ms / 1000 for ms in values[2:4]], 9.0, 9.0, values[4] / 1000])
+                 for name, values in timed.items()}  # fmt: skip
 
     def run(name):
         def call():
@@ -48,12 +64,17 @@ def test_warm_up_calls_are_not_timed_and_runs_are_interleaved():
 
         return call
 
-    samples = time_interleaved({"a": run("a"), "b": run("b")}, repeats=3, warmup=1, timer=clock)
-    assert calls == ["a", "b", *interleaved_order(["a", "b"], 3)]
-    assert samples["a"] == pytest.approx([1.0, 2.0, 3.0])  # ms; the 5 s warm-up is not among them
-    assert samples["b"] == pytest.approx([10.0, 20.0, 30.0])
+    meters = {"a": Meter(), "b": Meter()}
+    samples = time_in_blocks(
+        {"a": run("a"), "b": run("b")}, repeats=5, warmup=1, block=2, settle=2, meters=meters, timer=clock
+    )
+    # warm-up once each, then blocks of 2 settling + up to 2 timed calls, a and b taking turns
+    assert calls == ["a", "b", *"aaaa", *"bbbb", *"bbbb", *"aaaa", *"aaa", *"bbb"]
+    assert samples["a"] == pytest.approx(timed["a"])  # ms; the 5 s warm-up and 9 s settling not among them
+    assert samples["b"] == pytest.approx(timed["b"])
+    assert meters["a"].entered == meters["b"].entered == 5  # around the timed calls only
     with pytest.raises(ValueError):
-        time_interleaved({"a": run("a")}, repeats=0)
+        time_in_blocks({"a": run("a")}, repeats=0)
 
 
 def test_ratios_come_from_the_p50_of_each_case():
