@@ -7,11 +7,12 @@ The engine's MatMulNBits quantise their activations themselves, per block and pe
 the W8A8 graph's static per-tensor activation scales (kept for TensorRT), so the reference drops
 those Q/DQ pairs: the same dequantised weights, float activations. What that choice costs or gains
 against fp32 is measured by `bench engines --accuracy-only`.
-Cases cover what generation does: prefill at batch 1 and 8, prompts of different lengths and
-positions in one batch (right-padded; positions shifted as GLM's are after an image; the engine
-runs them as the runtime would, one at a time where its metadata says it cannot batch them), decode at batch 1 and 8 over pasts of different lengths read through
-shuffled block tables, and a chunk of new tokens after a cached prefix. Only real tokens' outputs
-are compared. Past K/V come from a real prefill of random tokens by the reference (so activations stay in
+Cases cover what generation does: prefill at batch 1 and 8, prompts of different lengths in one
+batch (right-padded at position 0 as the runtime pads them, the first row shortest, positions that
+jump as GLM's do after an image; the engine runs them as the runtime would, one at a time where
+its metadata says it cannot batch them), decode at batch 1 and 8 over pasts of different lengths
+read through shuffled block tables, and a chunk of new tokens after a cached prefix. Only real
+tokens' outputs are compared. Past K/V come from a real prefill of random tokens by the reference (so activations stay in
 distribution, as they are in use); unused pool slots hold noise, so a masking slip shows. Outputs are compared by cosine
 similarity and by top-1 agreement of the logits.
 """
@@ -40,13 +41,14 @@ class _Case:
     past: tuple[int, ...]
     lengths: tuple[int, ...] | None = None  # each row's real new tokens; None: all `seq`
     # each row's positions jump by this after its 3rd token (as GLM's do after an image)
-    jumps: tuple[int, ...] | None = None
+    jumps: tuple[int, ...] = (0,)
 
 
 CASES = (
     _Case("prefill b1", 1, 37, (0,)),
     _Case("prefill b8", 8, 16, (0,) * 8),
-    _Case("prefill b3 ragged", 3, 16, (0,) * 3, (16, 9, 4), (0, 7, 3)),
+    # the first row shortest, its padding at position 0 as the runtime pads (runtime/paged_decoder.py)
+    _Case("prefill b3 ragged", 3, 16, (0,) * 3, (4, 9, 16), (0, 7, 3)),
     _Case("decode b1", 1, 1, (37,)),
     _Case("decode b2", 2, 1, (32, 16)),  # the longest past ends on a block boundary
     _Case("decode b8", 8, 1, (5, 37, 0, 16, 17, 100, 3, 64)),
@@ -112,14 +114,15 @@ def _shape_of(graph: Path) -> _Shape:
     )
 
 
-def _feeds(
-    shape: _Shape, batch: int, seq: int, past: tuple[int, ...], seed: int, jumps: tuple[int, ...] = (0,)
-) -> dict[str, np.ndarray]:
+def _feeds(shape: _Shape, case: _Case, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    batch, seq, past = case.batch, case.seq, case.past
     blocks = -(-(max(past) + seq) // shape.block_size)  # the past's and the new tokens' blocks
     tables = 1 + rng.permutation(batch * blocks).reshape(batch, blocks)
-    jumped = np.asarray(jumps).reshape(-1, 1) * (np.arange(seq) >= 3)
+    jumped = np.asarray(case.jumps).reshape(-1, 1) * (np.arange(seq) >= 3)
     positions = np.asarray(past)[:, None] + np.arange(seq) + jumped
+    real = np.arange(seq) < np.asarray(case.lengths or seq).reshape(-1, 1)
+    positions = np.where(real, positions, 0)  # padding
     feeds = {
         io.INPUT_IDS: rng.integers(0, shape.vocab or 1000, (batch, seq)),
         io.POSITION_IDS: np.broadcast_to(positions, (3, batch, seq))
@@ -146,7 +149,7 @@ def _fill_past(shape: _Shape, feeds: dict[str, np.ndarray], session: ort.Inferen
     """Write the K/V of a prefill of each sequence's past (random tokens) into its blocks."""
     past = feeds[io.PAST_LENS]
     batch, longest = len(past), int(past.max())
-    prefill = _feeds(shape, batch, longest, (0,) * batch, seed + 1000)
+    prefill = _feeds(shape, _Case("past", batch, longest, (0,) * batch), seed + 1000)
     new_kv = _run(session, prefill)[1]  # [L, 2, B, longest, KVH, D]
     pool, tables = feeds[POOL], feeds[io.BLOCK_TABLES]
     for row, length in enumerate(past):
@@ -256,7 +259,7 @@ def compare_engine(reference: Path, engine: Path, min_cosine: float, threads: in
     # One session at a time: a large model's graph and engine do not both fit beside each other.
     cases = []
     for seed, case in enumerate(CASES):
-        feeds = _feeds(shape, case.batch, case.seq, case.past, seed, case.jumps or (0,))
+        feeds = _feeds(shape, case, seed)
         if max(case.past):
             _fill_past(shape, feeds, ref_session, seed)
         cases.append((case, feeds, _run_as_runtime(ref_session, feeds, case)))
