@@ -40,7 +40,7 @@ def kv_input_names(num_layers: int) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(num_layers) for kind in ("key_cache", "value_cache")]
 
 
-POOL_DTYPE_INPUT = "key_cache.0"  # the input whose dtype is the KV pool's
+POOL_DTYPE_INPUT = kv_input_names(1)[0]  # the input whose dtype is the KV pool's
 
 
 def input_names(num_layers: int, media: bool = False, first: bool = True, last: bool = True) -> list[str]:

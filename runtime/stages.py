@@ -28,7 +28,7 @@ class StagedKVPool(KVPool):
     def __init__(self, spec: KVPoolSpec, pools: list[KVPool]) -> None:
         self.spec, self.pools = spec, pools
 
-    def feeds(self, input_names: list[str]) -> dict:
+    def feeds(self) -> dict:
         raise TypeError("each pipeline stage feeds its own pool")
 
     def write(self, new_kv, slots: SlotMapping) -> None:

@@ -154,7 +154,8 @@ def engine_from_onnx(
                 "step_version": ENGINE_STEP_VERSION[backend]
             }
         # An engine's I/O can differ from its graph's: the fused ORT decoder takes each layer's
-        # pool as rows [NB·KVH·bs, D], and a TensorRT plan is parsed from a copy of the graph with fp16 KV (report["onnx"]).
+        # pool as rows [NB·KVH·bs, D], and a TensorRT plan is parsed from a copy of the graph with
+        # fp16 KV (report["onnx"]).
         io_graph = (
             out / name if backend is Backend.onnxruntime else graph.parent / report.get("onnx", graph.name)
         )

@@ -17,7 +17,8 @@ from runtime.engines.base import DeviceTensor, Engine
 from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
 
 # Model metadata the ORT engine step writes (builder/build/ort_fusion/): whether a call may batch
-# several sequences' new tokens (at all, or over a cached past), and the layout of a whole-pool `kv_pool` input.
+# several sequences' new tokens (at all, or over a cached past), and the layout of the pool whose
+# per-layer slabs the engine's KV inputs view.
 BATCHED_PREFILL_WITH_PAST = "autoglm_trt.batched_prefill_with_past"
 BATCHED_PREFILL = "autoglm_trt.batched_prefill"
 KV_LAYOUT = "autoglm_trt.kv_layout"

@@ -12,9 +12,10 @@ batch (right-padded at position 0 as the runtime pads them, the first row shorte
 jump as GLM's do after an image; the engine runs them as the runtime would, one at a time where
 its metadata says it cannot batch them), decode at batch 1 and 8 over pasts of different lengths
 read through shuffled block tables, and a chunk of new tokens after a cached prefix. Only real
-tokens' outputs are compared. Past K/V come from a real prefill of random tokens by the reference (so activations stay in
-distribution, as they are in use); unused pool slots hold noise, so a masking slip shows. Outputs are compared by cosine
-similarity and by top-1 agreement of the logits.
+tokens' outputs are compared. Past K/V come from a real prefill of random tokens by the reference
+(so activations stay in distribution, as they are in use); unused pool slots hold noise, so a
+masking slip shows. Outputs are compared by cosine similarity and by top-1 agreement of the
+logits.
 """
 
 from __future__ import annotations
