@@ -40,6 +40,12 @@ def kv_input_names(num_layers: int) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(num_layers) for kind in ("key_cache", "value_cache")]
 
 
+def kv_present_names(num_layers: int) -> list[str]:
+    """Outputs of engines that update their past in place (runtime/kv/slot_pool.py), in the order
+    of kv_input_names."""
+    return [f"present.{name}" for name in kv_input_names(num_layers)]
+
+
 POOL_DTYPE_INPUT = kv_input_names(1)[0]  # the input whose dtype is the KV pool's
 
 

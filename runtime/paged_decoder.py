@@ -3,6 +3,7 @@
 The decoder builds the call's inputs (token ids, positions, past lengths, block tables, logit
 index, media rows) and the slot mapping of its new tokens; the engine reads K/V from the pool it
 owns and writes the new K/V into it (runtime/kv/pool.py). Pool memory never passes through here.
+A pool that keeps sequences in slots (runtime/kv/slot_pool.py) says in which order the rows run.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class PagedTextDecoder:
                 num_kv_heads=limits.num_kv_heads,
                 head_dim=limits.head_dim,
                 dtype=engine.input_dtypes[io.POOL_DTYPE_INPUT],
-                heads_major=engine.heads_major_pool,
+                max_batch=limits.max_batch,
+                max_seq_len=limits.max_seq_len,
             )
         )
         # Decoders of models with encoders take media rows (runtime/decoder_io.py); text-only
@@ -83,19 +85,28 @@ class PagedTextDecoder:
         )
         if size > 1 and seq > 1 and one_at_a_time:
             return self._one_at_a_time(batch, seq, all_logits)
+        # The blocks of the past and of these new tokens (allocated by the caller). A pool that keeps
+        # sequences in slots may need the rows in another order (runtime/kv/slot_pool.py).
+        bs = self.limits.block_size
+        tables = [
+            self.kv.block_table(item.request_id)[: -(-(item.past_len + len(item.token_ids)) // bs)]
+            for item in batch
+        ]
+        order = self.pool.place(
+            [item.request_id for item in batch],
+            tables,
+            [item.past_len for item in batch],
+            [len(item.token_ids) for item in batch],
+        )
+        batch, tables = [batch[i] for i in order], [tables[i] for i in order]
         ids = np.zeros((size, seq), np.int64)
         positions = np.zeros((self.limits.position_rank, size, seq), np.int64)
         lengths = np.array([len(item.token_ids) for item in batch])
         past = np.array([item.past_len for item in batch], np.int64)
-        bs = self.limits.block_size
-        tables = []
         for row, item in enumerate(batch):
             n = len(item.token_ids)
             ids[row, :n] = item.token_ids
             positions[:, row, :n] = item.past_len + np.arange(n) if item.positions is None else item.positions
-            # The blocks of the past and of these new tokens (allocated by the caller): fused engines
-            # hand GroupQueryAttention a buffer with room for both (ort_fusion/paged_attention.py).
-            tables.append(self.kv.block_table(item.request_id)[: -(-(item.past_len + n) // bs)])
         if all_logits:
             logit_index = np.broadcast_to(np.arange(seq), (size, seq)).copy()
         else:
@@ -109,7 +120,8 @@ class PagedTextDecoder:
             **self._media_feeds(batch, seq),
         }
         logits = self.engine.run_step(feeds, self.pool, self.slot_mapping(batch))
-        return logits if all_logits else logits[:, 0]
+        given_order = np.argsort(order)
+        return logits[given_order] if all_logits else logits[given_order, 0]
 
     def _one_at_a_time(self, batch: list[StepInput], seq: int, all_logits: bool) -> np.ndarray:
         results = [self.step([item], all_logits) for item in batch]

@@ -34,6 +34,16 @@ class StagedKVPool(KVPool):
     def write(self, new_kv, slots: SlotMapping) -> None:
         raise TypeError("each pipeline stage writes its own pool")
 
+    def place(
+        self, keys: list[str], tables: list[list[int]], past_lens: list[int], new_lens: list[int]
+    ) -> np.ndarray:
+        """Every stage's pool places the rows; pools of one kind, fed the same calls, agree."""
+        orders = [pool.place(keys, tables, past_lens, new_lens) for pool in self.pools]
+        assert all((order == orders[0]).all() for order in orders), (
+            "the stages' pools placed rows differently"
+        )
+        return orders[0]
+
 
 class StagedEngine(Engine):
     def __init__(self, stages: list[Engine], layers: list[tuple[int, int]]) -> None:
@@ -47,18 +57,17 @@ class StagedEngine(Engine):
         }
         self.batched_prefill_with_past = all(stage.batched_prefill_with_past for stage in stages)
         self.batched_prefill = all(stage.batched_prefill for stage in stages)
-        self.heads_major_pool = stages[0].heads_major_pool  # only read by the pool spec, per stage below
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], into: dict[str, np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         raise TypeError("a staged decoder runs through run_step, with its stages' pools")
 
     def create_kv_pool(self, spec: KVPoolSpec) -> StagedKVPool:
         pools = []
         for stage, (start, stop) in zip(self.stages, self.layers, strict=True):
             dtype = stage.input_dtypes[io.POOL_DTYPE_INPUT]
-            stage_spec = replace(
-                spec, num_layers=stop - start, dtype=dtype, heads_major=stage.heads_major_pool
-            )
+            stage_spec = replace(spec, num_layers=stop - start, dtype=dtype)
             pools.append(stage.create_kv_pool(stage_spec))
         return StagedKVPool(spec, pools)
 
@@ -97,7 +106,9 @@ def check_stages(manifest: Manifest, precision: str, hint: str) -> None:
         expected = set(io.input_names(stop - start, first=first, last=last))  # media inputs optional
         inputs = {t.name: t for t in entry.inputs}
         layers_ok = sum(1 for name in inputs if name.startswith("key_cache.")) == stop - start
-        outputs = {t.name for t in entry.outputs}
+        outputs = {t.name for t in entry.outputs} - set(
+            io.kv_present_names(stop - start)
+        )  # fused ORT engines'
         if not layers_ok or expected - set(inputs) or outputs != set(io.output_names(last)):
             raise EngineDirError(
                 f"engine {entry.file} does not take what pipeline stage {index + 1} of {len(stages)} "

@@ -45,7 +45,7 @@ ENGINE_STEPS: dict[Backend, tuple[EngineStep, str]] = {
 }
 # Bump when a backend's engine step changes what it makes from the same graph (fusions, kernels),
 # so builds redo those engines.
-ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 6, Backend.tensorrt: 2}
+ENGINE_STEP_VERSION: dict[Backend, int] = {Backend.onnxruntime: 7, Backend.tensorrt: 2}
 
 
 def resolve_backend(requested: Backend) -> Backend:

@@ -42,12 +42,13 @@ class Engine(ABC):
     # False where a call may not mix several sequences' prompts at all (ORT's CPU GroupQueryAttention
     # rotating q/k itself reads the first sequence's positions for every sequence of a first prompt).
     batched_prefill: bool = True
-    # True where the engine reads the pool [L, 2, NB, KVH, bs, D] (heads before tokens in a block)
-    # instead of [L, 2, NB, bs, KVH, D].
-    heads_major_pool: bool = False
 
     @abstractmethod
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]: ...
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], into: dict[str, np.ndarray] | None = None
+    ) -> list[np.ndarray]:
+        """Returns `outputs`, except those named in `into`, which the engine writes into the given
+        arrays (a slot pool's K/V, updated in place: runtime/kv/slot_pool.py)."""
 
     def create_kv_pool(self, spec: KVPoolSpec) -> KVPool:
         """The pool this engine reads K/V from, where its compute is: host memory here."""
@@ -61,6 +62,6 @@ class Engine(ABC):
         (runtime/stages.py): a host array here, a DeviceTensor from engines on a GPU, which take
         one as the next stage's hidden_in. Engines with a device pool override this so that only
         the logits cross to the host."""
-        result, new_kv = self.run({**feeds, **pool.feeds()}, [output, io.NEW_KV])
+        result, new_kv = self.run({**feeds, **pool.feeds()}, [output, io.NEW_KV], pool.outputs_in_place())
         pool.write(new_kv, slots)
         return result

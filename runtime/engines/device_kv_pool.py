@@ -24,7 +24,7 @@ SCATTER_SOURCE = r"""
 extern "C" __global__ void scatter_kv(
     ITEM* pool, const ITEM* new_kv, const long long* slots, const int tokens,
     const int layers2, const int batch, const int seq, const int heads, const int dim,
-    const int blocks, const int block_size, const int heads_major)
+    const int blocks, const int block_size)
 {
     // slots: [4, tokens] = rows, cols, blocks, offsets. One thread per copied element.
     const long long n = (long long)tokens * layers2 * heads * dim;
@@ -39,9 +39,7 @@ extern "C" __global__ void scatter_kv(
         const long long row = slots[t], col = slots[tokens + t];
         const long long block = slots[2 * tokens + t], offset = slots[3 * tokens + t];
         const long long src = (((lk * (long long)batch + row) * seq + col) * heads + h) * dim + d;
-        const long long dst = heads_major
-            ? (((lk * (long long)blocks + block) * heads + h) * block_size + offset) * dim + d
-            : (((lk * (long long)blocks + block) * block_size + offset) * heads + h) * dim + d;
+        const long long dst = (((lk * (long long)blocks + block) * block_size + offset) * heads + h) * dim + d;
         pool[dst] = new_kv[src];
     }
 }
@@ -87,7 +85,7 @@ class DeviceKVPool(KVPool):
         return int(self.array[layer, kv].data.ptr)
 
     def layer_shape(self) -> tuple[int, ...]:
-        return self.spec.layer_input_shape
+        return self.spec.shape[2:]  # [NB, bs, KVH, D]
 
     def feeds(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """Device addresses and shapes to bind: {name: (pointer, shape)}."""
@@ -127,7 +125,6 @@ class DeviceKVPool(KVPool):
             np.int32(dim),
             np.int32(spec.num_blocks),
             np.int32(spec.block_size),
-            np.int32(spec.heads_major),
         )
         with cp.cuda.Device(self.device), cp.cuda.ExternalStream(stream_ptr):
             self._kernel((grid,), (THREADS,), args)

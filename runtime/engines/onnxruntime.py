@@ -1,6 +1,7 @@
 """ONNX Runtime engine: the CPU execution provider here; CUDA where onnxruntime-gpu is installed.
 
-On the CPU the KV pool is host memory, bound in place. With CUDA it is a device pool
+On the CPU the KV pool is host memory, bound in place; fused engines read and update their past in
+per-sequence slots (runtime/kv/slot_pool.py). With CUDA it is a device pool
 (runtime/engines/device_kv_pool.py) bound by address; `new_kv` stays on the device, where it is
 scattered into the pool, and only the logits are copied back.
 """
@@ -14,16 +15,18 @@ import onnxruntime as ort
 
 from runtime import decoder_io as io
 from runtime.engines.base import DeviceTensor, Engine
+from runtime.errors import RuntimeUserError
 from runtime.kv.pool import KVPool, KVPoolSpec, SlotMapping
+from runtime.kv.slot_pool import SlotKVPool
 
 # Model metadata the ORT engine step writes (builder/build/ort_fusion/): whether a call may batch
-# several sequences' new tokens (at all, or over a cached past), and the layout of the pool whose
-# per-layer slabs the engine's KV inputs view.
+# several sequences' new tokens (at all, or over a cached past), and what the KV inputs are: absent,
+# the paged pool's per-layer slabs; SLOTS, each layer's past in per-sequence slots [B, KVH, S, D]
+# that the engine updates in place (runtime/kv/slot_pool.py).
 BATCHED_PREFILL_WITH_PAST = "autoglm_trt.batched_prefill_with_past"
 BATCHED_PREFILL = "autoglm_trt.batched_prefill"
 KV_LAYOUT = "autoglm_trt.kv_layout"
-HEADS_MAJOR = "L,2,NB,KVH,bs,D"  # each block holds its heads' tokens contiguously
-TOKENS_MAJOR = "L,2,NB,bs,KVH,D"  # the portable graph's per-layer inputs, stacked
+SLOTS = "slots"
 
 
 class OnnxRuntimeEngine(Engine):
@@ -44,10 +47,12 @@ class OnnxRuntimeEngine(Engine):
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.batched_prefill_with_past = metadata.get(BATCHED_PREFILL_WITH_PAST, "true") == "true"
         self.batched_prefill = metadata.get(BATCHED_PREFILL, "true") == "true"
-        self.heads_major_pool = metadata.get(KV_LAYOUT, TOKENS_MAJOR) == HEADS_MAJOR
+        self.kv_slots = metadata.get(KV_LAYOUT) == SLOTS
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], into: dict[str, np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         # IOBinding reads the caller's arrays in place; session.run() would copy every input,
         # which for the KV pool is the whole cache on every decode step.
         binding = self.session.io_binding()
@@ -55,10 +60,20 @@ class OnnxRuntimeEngine(Engine):
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in outputs:
             binding.bind_output(name)
+        for name, array in (into or {}).items():
+            assert array.flags.c_contiguous, "outputs written in place need contiguous memory"
+            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        return [value.numpy() for value in binding.get_outputs()[: len(outputs)]]
 
     def create_kv_pool(self, spec: KVPoolSpec) -> KVPool:
+        if self.kv_slots:
+            if self.on_gpu:
+                raise RuntimeUserError(
+                    "this engine keeps K/V in per-sequence slots on the host, which ONNX Runtime's "
+                    "CUDA provider does not serve yet; serve it on the CPU, or with --backend tensorrt"
+                )
+            return SlotKVPool(spec)
         if not self.on_gpu:
             return super().create_kv_pool(spec)
         from runtime.engines.device_kv_pool import DeviceKVPool

@@ -157,9 +157,11 @@ class TensorRTEngine(Engine):
             f"({'; '.join(r.describe() for r in self.profiles)}); rebuild with larger limits"
         )
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], into: dict[str, np.ndarray] | None = None
+    ) -> list[np.ndarray]:
         """An engine without KV inputs (an encoder): host arrays in, host arrays out."""
-        if self.kv_names:
+        if self.kv_names or into:
             raise TensorRTRuntimeError("a TensorRT decoder runs through run_step, with its device KV pool")
         shapes = {name: feeds[name].shape for name in self.inputs}
         cuda.set_device(self.device)

@@ -8,10 +8,9 @@ with CUDA (runtime/engines/device_kv_pool.py). The decoder hands each call's `Sl
 engine, which writes the call's `new_kv` into its pool in place; the decoder never touches pool
 memory, so a device pool never crosses to the host.
 
-Layout: one array [L, 2, NB, bs, KVH, D] (tokens-major blocks), or [L, 2, NB, KVH, bs, D]
-(heads-major: fused ONNX Runtime engines); `layer(i, j)` is layer i's K (j=0) or V (j=1), a
-contiguous slab, which is what engines bind as that layer's KV input: [NB, bs, KVH, D], or for
-heads-major pools its rows of one token's head, [NB·KVH·bs, D] (`KVPoolSpec.layer_input_shape`).
+Layout: one array [L, 2, NB, bs, KVH, D]; `layer(i, j)` is layer i's K (j=0) or V (j=1), a
+contiguous slab, which is what engines bind as that layer's KV input. Fused ONNX Runtime engines
+read their past from per-sequence slots instead, kept beside this pool (runtime/kv/slot_pool.py).
 """
 
 from __future__ import annotations
@@ -32,23 +31,13 @@ class KVPoolSpec:
     num_kv_heads: int
     head_dim: int
     dtype: np.dtype
-    heads_major: bool = False
-
-    @property
-    def block_shape(self) -> tuple[int, int, int]:
-        tokens, heads = self.block_size, self.num_kv_heads
-        return (heads, tokens, self.head_dim) if self.heads_major else (tokens, heads, self.head_dim)
+    # What a slot pool (runtime/kv/slot_pool.py) holds: sequences at once, tokens each.
+    max_batch: int = 0
+    max_seq_len: int = 0
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.num_layers, 2, self.num_blocks, *self.block_shape)
-
-    @property
-    def layer_input_shape(self) -> tuple[int, ...]:
-        """One layer's K or V as the engine takes it (a view of its slab)."""
-        if self.heads_major:  # rows, gathered per token (builder/build/ort_fusion/kv_pool.py)
-            return (self.num_blocks * self.num_kv_heads * self.block_size, self.head_dim)
-        return (self.num_blocks, *self.block_shape)
+        return (self.num_layers, 2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
 
     @property
     def nbytes(self) -> int:
@@ -97,6 +86,17 @@ class KVPool(ABC):
         """Scatter a call's new K/V [L, 2, B, S, KVH, D] (in the pool's memory space) into the
         slots the mapping names."""
 
+    def place(
+        self, keys: list[str], tables: list[list[int]], past_lens: list[int], new_lens: list[int]
+    ) -> np.ndarray:
+        """The order in which a call must pass its rows (sequence ids, block tables, cached and new
+        token counts): as given, unless the pool keeps sequences in slots (runtime/kv/slot_pool.py)."""
+        return np.arange(len(keys))
+
+    def outputs_in_place(self) -> dict:
+        """Engine outputs to be written into the pool's own memory (output name → array)."""
+        return {}
+
 
 class HostKVPool(KVPool):
     """A numpy pool. np.zeros maps pages lazily: a full-capacity pool costs memory only for the
@@ -110,13 +110,8 @@ class HostKVPool(KVPool):
         return self.array[index, kv]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        shape = self.spec.layer_input_shape
         names = io.kv_input_names(self.spec.num_layers)
-        return {name: self.layer(i // 2, i % 2).reshape(shape) for i, name in enumerate(names)}
+        return {name: self.layer(i // 2, i % 2) for i, name in enumerate(names)}
 
     def write(self, new_kv: np.ndarray, slots: SlotMapping) -> None:
-        picked = new_kv[:, :, slots.rows, slots.cols]  # [L, 2, T, KVH, D]
-        if self.spec.heads_major:  # the indexed axes come first: [T, L, 2, KVH, D]
-            self.array[:, :, slots.blocks, :, slots.offsets] = np.moveaxis(picked, 2, 0)
-        else:
-            self.array[:, :, slots.blocks, slots.offsets] = picked
+        self.array[:, :, slots.blocks, slots.offsets] = new_kv[:, :, slots.rows, slots.cols]

@@ -18,7 +18,7 @@ from runtime import decoder_io as io
 from runtime.manifest import Manifest
 
 
-def test_fused_decoders_run_gqa_over_the_paged_pool(built):
+def test_fused_decoders_run_gqa_over_slots_updated_in_place(built):
     model_dir, engines = built
     manifest = Manifest.load(engines)
     layers = manifest.decoder["num_layers"]
@@ -26,22 +26,25 @@ def test_fused_decoders_run_gqa_over_the_paged_pool(built):
         entry = manifest.entry("text_decoder", precision)
         report = entry.report
         assert report["fusions"]["GroupQueryAttention (paged)"] == layers
-        assert report["fusions"]["paged past: one Gather per layer's K and V"] == layers
+        assert report["fusions"]["past in per-sequence slots, updated in place"] == layers
         before, after = report["nodes_per_layer"]
         assert after < before / 2, report["nodes_per_layer"]
         assert report["validation"]["checks"] and all(c["passed"] for c in report["validation"]["checks"])
         names = [spec.name for spec in entry.inputs]
         assert [n for n in names if n.startswith(("key_cache.", "value_cache."))] == io.kv_input_names(layers)
-        assert all(len(spec.shape) == 2 for spec in entry.inputs if spec.name.startswith("key_cache."))
+        assert all(len(spec.shape) == 4 for spec in entry.inputs if spec.name.startswith("key_cache."))
+        outputs = [spec.name for spec in entry.outputs]
+        assert outputs[2:] == io.kv_present_names(layers), outputs
         model = onnx.load(str(engines / entry.file), load_external_data=False)
         ops = Counter(n.op_type for n in model.graph.node)
         assert ops["GroupQueryAttention"] == layers and ops["Softmax"] == 0
         assert ops["SkipSimplifiedLayerNormalization"] >= 2 * layers - 1
         attention = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
         producers = {out: n for n in model.graph.node for out in n.output}
-        for past in (name for n in attention for name in n.input[3:5]):  # past_key, past_value
-            gather = producers[past]  # one node reads a layer's past from its pool rows
-            assert gather.op_type == "Gather" and gather.input[0].startswith(("key_cache.", "value_cache."))
+        # each layer's past is its K/V input itself and its present an output (bound in place)
+        kv_pairs = [(n.input[3 + j], n.output[1 + j]) for n in attention for j in range(2)]
+        assert kv_pairs == list(zip(io.kv_input_names(layers), io.kv_present_names(layers), strict=True))
+        assert not any(name in producers for name, _ in kv_pairs)
         assert "prefill b3 ragged" in {c["case"] for c in report["validation"]["checks"]}
         rotating = [n for n in attention if any(a.name == "do_rotary" and a.i == 1 for a in n.attribute)]
         if model_dir.name == "smollm2-135m":

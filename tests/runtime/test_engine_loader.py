@@ -22,7 +22,7 @@ def test_loads_a_matching_engine(glm4v_tiny_engines):
     manifest = Manifest.load(glm4v_tiny_engines)
     engine = load_engine(manifest, glm4v_tiny_engines, "text_decoder", "fp32")
     assert str(engine.input_dtypes[io.POOL_DTYPE_INPUT]) == "float32"
-    assert engine.heads_major_pool  # the fused engine reads its pool as rows of one token's head
+    assert engine.kv_slots  # the fused engine updates its past in per-sequence slots
     fp16 = load_engine(manifest, glm4v_tiny_engines, "text_decoder", "fp16")
     assert str(fp16.input_dtypes[io.POOL_DTYPE_INPUT]) == "float16"
 

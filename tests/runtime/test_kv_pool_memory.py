@@ -1,6 +1,5 @@
 """The KV pool's memory (runtime/kv/pool.py): the slot mapping from the block manager, the host
-pool's in-place scatter against a token-by-token reference in both block layouts, its per-layer
-views, and the pool sizing of LLMEngine. The device pool (CuPy, a GPU) is checked against the
+pool's in-place scatter against a token-by-token reference, its per-layer views, and the pool sizing of LLMEngine. The device pool (CuPy, a GPU) is checked against the
 host pool where a GPU is present; here it is skipped."""
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from runtime.kv.pool import HostKVPool, KVPoolSpec, SlotMapping
 L, KVH, D, BS, NB = 3, 2, 4, 4, 12
 
 
-def _spec(heads_major: bool, dtype=np.float32) -> KVPoolSpec:
-    return KVPoolSpec(L, NB, BS, KVH, D, np.dtype(dtype), heads_major)
+def _spec(dtype=np.float32) -> KVPoolSpec:
+    return KVPoolSpec(L, NB, BS, KVH, D, np.dtype(dtype))
 
 
 def _call(manager: KVCacheManager):
@@ -29,7 +28,7 @@ def _call(manager: KVCacheManager):
     return SlotMapping.build(per_row), new_kv
 
 
-def _reference_write(pool: np.ndarray, heads_major: bool, manager, new_kv) -> None:
+def _reference_write(pool: np.ndarray, manager, new_kv) -> None:
     for row, (rid, past, count) in enumerate([("a", 6, 5), ("b", 3, 1)]):
         table = manager.block_table(rid)
         for col in range(count):
@@ -37,11 +36,7 @@ def _reference_write(pool: np.ndarray, heads_major: bool, manager, new_kv) -> No
             block, offset = table[position // BS], position % BS
             for layer in range(L):
                 for kv in range(2):
-                    value = new_kv[layer, kv, row, col]  # [KVH, D]
-                    if heads_major:
-                        pool[layer, kv, block, :, offset] = value
-                    else:
-                        pool[layer, kv, block, offset] = value
+                    pool[layer, kv, block, offset] = new_kv[layer, kv, row, col]  # [KVH, D]
 
 
 def test_slot_mapping_names_each_new_token():
@@ -58,35 +53,29 @@ def test_slot_mapping_names_each_new_token():
     np.testing.assert_array_equal(as_array, [slots.rows, slots.cols, slots.blocks, slots.offsets])
 
 
-@pytest.mark.parametrize("heads_major", [False, True])
-def test_host_pool_scatter_matches_token_by_token_writes(heads_major):
+def test_host_pool_scatter_matches_token_by_token_writes():
     manager = KVCacheManager(NB, BS, enable_prefix_caching=False)
     slots, new_kv = _call(manager)
-    pool = HostKVPool(_spec(heads_major))
+    pool = HostKVPool(_spec())
     pool.array[...] = 7.0  # what was there before must stay wherever no token goes
     expected = pool.array.copy()
     pool.write(new_kv, slots)
-    _reference_write(expected, heads_major, manager, new_kv)
+    _reference_write(expected, manager, new_kv)
     np.testing.assert_array_equal(pool.array, expected)
-    assert pool.array.shape == _spec(heads_major).shape
+    assert pool.array.shape == _spec().shape
     # Padding columns of the shorter row (b's cols 1..4) are never written.
     assert (pool.array == 7.0).sum() == pool.array.size - 6 * L * 2 * KVH * D
 
 
-@pytest.mark.parametrize("heads_major", [False, True])
-def test_host_pool_feeds_are_views_of_the_pool(heads_major):
-    pool = HostKVPool(_spec(heads_major))
+def test_host_pool_feeds_are_views_of_the_pool():
+    pool = HostKVPool(_spec())
     per_layer = pool.feeds()
     assert list(per_layer) == io.kv_input_names(L)
     for i, array in enumerate(per_layer.values()):
         assert np.shares_memory(array, pool.array) and array.flags.c_contiguous
-        # heads-major: rows of one token's head, in (block, head, token) order
-        assert array.shape == ((NB * KVH * BS, D) if heads_major else (NB, BS, KVH, D))
-        if heads_major:
-            array[KVH * BS + 1] = i + 1  # block 1, head 0, token 1
-        else:
-            array[1, 1] = i + 1
-    second_token = pool.array[:, :, 1, 0, 1] if heads_major else pool.array[:, :, 1, 1, 0]
+        assert array.shape == (NB, BS, KVH, D)
+        array[1, 1] = i + 1
+    second_token = pool.array[:, :, 1, 1, 0]
     assert second_token[..., 0].ravel().tolist() == list(range(1, 2 * L + 1))
 
 
@@ -115,9 +104,8 @@ def test_llm_engine_sizes_its_pool_from_the_manifest(glm4v_tiny_engines):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("heads_major", [False, True])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_device_pool_scatter_matches_the_host_pool(heads_major, dtype):
+def test_device_pool_scatter_matches_the_host_pool(dtype):
     cupy = pytest.importorskip("cupy")
     try:
         if cupy.cuda.runtime.getDeviceCount() == 0:
@@ -129,7 +117,7 @@ def test_device_pool_scatter_matches_the_host_pool(heads_major, dtype):
     manager = KVCacheManager(NB, BS, enable_prefix_caching=False)
     slots, new_kv = _call(manager)
     new_kv = new_kv.astype(dtype)
-    host, device = HostKVPool(_spec(heads_major, dtype)), DeviceKVPool(_spec(heads_major, dtype))
+    host, device = HostKVPool(_spec(dtype)), DeviceKVPool(_spec(dtype))
     host.write(new_kv, slots)
     device.write(cupy.asarray(new_kv), slots)
     device.synchronize()

@@ -125,13 +125,14 @@ def test_manifest_records_stages_and_their_engines(glm4v_tiny_staged):
     assert io.INPUT_IDS in {t.name for t in first.inputs} and io.MEDIA_EMBEDS in {
         t.name for t in first.inputs
     }
-    assert {t.name for t in first.outputs} == {io.HIDDEN_OUT, io.NEW_KV}
+    present = set(io.kv_present_names(1))  # each stage's one layer's past, updated in place
+    assert {t.name for t in first.outputs} == {io.HIDDEN_OUT, io.NEW_KV, *present}
     assert io.HIDDEN_IN in {t.name for t in last.inputs} and io.INPUT_IDS not in {t.name for t in last.inputs}
-    assert {t.name for t in last.outputs} == {io.LOGITS, io.NEW_KV}
-    for entry in (first, last):  # fused like the single graph: one GQA per layer, its pool as rows
+    assert {t.name for t in last.outputs} == {io.LOGITS, io.NEW_KV, *present}
+    for entry in (first, last):  # fused like the single graph: one GQA per layer, its past in slots
         assert entry.report["fusions"]["GroupQueryAttention (paged)"] == 1
         kv = [t for t in entry.inputs if t.name.startswith(("key_cache.", "value_cache."))]
-        assert [t.name for t in kv] == io.kv_input_names(1) and all(len(t.shape) == 2 for t in kv)
+        assert [t.name for t in kv] == io.kv_input_names(1) and all(len(t.shape) == 4 for t in kv)
 
 
 def _tampered(src, tmp_path, edit) -> str:

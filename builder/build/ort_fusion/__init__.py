@@ -7,6 +7,7 @@ cannot see the dynamo exporter's patterns, so its engine step fuses its copy her
   SkipSimplifiedLayerNormalization, `x·cos + rotate_half(x)·sin` → (intermediate) rotary;
 - ours (rotary.py): GLM's interleaved partial rotary → (intermediate) rotary; (paged_attention.py): the paged-KV attention → GroupQueryAttention over packed q/k/v,
   rotating them itself; new_kv.py: the `new_kv` output, every layer's K rotated, in a few nodes;
+  kv_slots.py: each layer's past an input that GQA updates in place;
   matmul_nbits.py: block-quantised weights → MatMulNBits / GatherBlockQuantized, with the
   projections that read one input packed into one MatMulNBits; packed_projections.py: float
   q/k/v read packed → one MatMul;
@@ -27,7 +28,7 @@ from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normaliza
 from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
 
-from builder.build.ort_fusion.kv_pool import fuse_kv_pool
+from builder.build.ort_fusion.kv_slots import fuse_kv_slots
 from builder.build.ort_fusion.matmul_nbits import fuse_matmul_nbits
 from builder.build.ort_fusion.new_kv import fuse_new_kv
 from builder.build.ort_fusion.packed_projections import pack_float_projections
@@ -100,7 +101,7 @@ def fuse_decoder(model: ir.Model) -> FusionReport:
             model.metadata_props[BATCHED_PREFILL] = "false"
         common_passes.CommonSubexpressionEliminationPass()(model)  # one copy of the shared GQA inputs
         record("new_kv in one Concat", fuse_new_kv(model), "autoglm-trt")
-        record("paged past: one Gather per layer's K and V", fuse_kv_pool(model), "autoglm-trt")
+        record("past in per-sequence slots, updated in place", fuse_kv_slots(model), "autoglm-trt")
     for name, count in fuse_matmul_nbits(model).items():
         record(name, count, "autoglm-trt")
     common_passes.RemoveUnusedNodesPass()(model)  # the replaced attention's q/k/v reshapes

@@ -28,8 +28,9 @@ import onnx
 import onnxruntime as ort
 
 from runtime import decoder_io as io
-from runtime.engines.onnxruntime import BATCHED_PREFILL, HEADS_MAJOR, KV_LAYOUT
-from runtime.kv.pool import HostKVPool, KVPoolSpec
+from runtime.engines.onnxruntime import BATCHED_PREFILL, KV_LAYOUT, SLOTS
+from runtime.kv.pool import HostKVPool, KVPool, KVPoolSpec
+from runtime.kv.slot_pool import SlotKVPool
 
 POOL = "pool"  # a case's K/V [L, 2, NB, bs, KVH, D], fed as each graph takes it (_run)
 
@@ -162,19 +163,35 @@ def _fill_past(shape: _Shape, feeds: dict[str, np.ndarray], session: ort.Inferen
 def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     names = {i.name for i in session.get_inputs()}
     given = {name: value for name, value in feeds.items() if name in names}
-    pool = feeds[POOL]  # [L, 2, NB, bs, KVH, D]
-    layers, _, blocks, block_size, kv_heads, head_dim = pool.shape
-    heads_major = session.get_modelmeta().custom_metadata_map.get(KV_LAYOUT) == HEADS_MAJOR
-    spec = KVPoolSpec(layers, blocks, block_size, kv_heads, head_dim, pool.dtype, heads_major)
-    host = HostKVPool(spec)  # the runtime's pool, so its layout and feeds are the engine's
-    host.array[...] = pool.transpose(0, 1, 2, 4, 3, 5) if heads_major else pool
-    given |= host.feeds()
+    given |= _runtime_pool(session, feeds).feeds()
     for name in (io.MEDIA_EMBEDS, io.HIDDEN_IN):  # fp16 engines take them in fp16
         if name in names:
             kind = next(i.type for i in session.get_inputs() if i.name == name)
             given[name] = given[name].astype(np.float16 if "float16" in kind else np.float32)
-    outputs = [o.name for o in session.get_outputs() if o.name != io.NEW_KV]
+    kv_outputs = {io.NEW_KV, *io.kv_present_names(len(feeds[POOL]))}
+    outputs = [o.name for o in session.get_outputs() if o.name not in kv_outputs]
     return session.run([*outputs, io.NEW_KV], given)
+
+
+def _runtime_pool(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> KVPool:
+    """The runtime's pool holding the case's, so that its layout and feeds are the engine's: a fresh
+    slot pool places the call's rows in slots 0… in order, copying each past in from the pool."""
+    pool = feeds[POOL]  # [L, 2, NB, bs, KVH, D]
+    layers, _, blocks, block_size, kv_heads, head_dim = pool.shape
+    tables, past = feeds[io.BLOCK_TABLES], feeds[io.PAST_LENS]
+    batch, seq = feeds[io.POSITION_IDS].shape[-2:]
+    spec = KVPoolSpec(
+        layers, blocks, block_size, kv_heads, head_dim, pool.dtype,
+        max_batch=batch, max_seq_len=tables.shape[1] * block_size,
+    )  # fmt: skip
+    if session.get_modelmeta().custom_metadata_map.get(KV_LAYOUT) != SLOTS:
+        host = HostKVPool(spec)
+        host.array[...] = pool
+        return host
+    slots = SlotKVPool(spec)
+    slots.array[...] = pool
+    slots.place([str(row) for row in range(batch)], tables.tolist(), past.tolist(), [seq] * batch)
+    return slots
 
 
 def _row(feeds: dict[str, np.ndarray], row: int, length: int) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Small edits of an onnx_ir graph shared by the passes that rebuild I/O (kv_pool, new_kv, packing)."""
+"""Small edits of an onnx_ir graph shared by the passes that rebuild I/O (kv_slots, new_kv, packing)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ The exported graph reads each layer's past K/V with a Gather of whole pool block
 sit after the valid ones, so no valid row sees them, as in the exported graph) and
 `total_sequence_length = max(past_lens) + S`. GQA treats a past buffer at least that long as a
 static cache, reading each sequence's first past_lens positions: the block tables cover the new
-tokens' blocks too (runtime/paged_decoder.py), so the gathered buffer always is.
+tokens' blocks too (runtime/paged_decoder.py), so the gathered buffer always is. kv_slots.py then
+replaces the gathered past with per-sequence slots of max_seq_len tokens, updated in place.
 
 Rotary: where onnxscript's rotary fusion recognised `x·cos + rotate_half(x)·sin` (its intermediate
 `ai.onnxruntime._fusion.RotaryEmbedding` over [B, H, S, D]) or rotary.py GLM's interleaved partial
