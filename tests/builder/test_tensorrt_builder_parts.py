@@ -190,7 +190,7 @@ def test_padded_block_tables_give_the_same_outputs(glm4v_tiny_engines, decode):
     repeat; ONNX Runtime on the same portable graph shows the padding changes nothing."""
     manifest = Manifest.load(glm4v_tiny_engines)
     d = manifest.decoder
-    # The portable graph TensorRT builds from (the ORT engine takes its pool as heads-major rows).
+    # The portable graph TensorRT builds from (the ORT engine reads its past from per-sequence slots).
     graph = glm4v_tiny_engines.parent.parent / "build" / "glm4v-tiny" / "text_decoder.fp32.onnx"
     session = ort.InferenceSession(str(graph))
     rng = np.random.default_rng(0)
