@@ -49,22 +49,43 @@ class OnnxRuntimeEngine(Engine):
         self.batched_prefill = metadata.get(BATCHED_PREFILL, "true") == "true"
         self.kv_slots = metadata.get(KV_LAYOUT) == SLOTS
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        self._binding: ort.IOBinding | None = None
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: list[str], into: dict[str, np.ndarray] | None = None
     ) -> list[np.ndarray]:
         # IOBinding reads the caller's arrays in place; session.run() would copy every input,
-        # which for the KV pool is the whole cache on every decode step.
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for name in outputs:
+        # which for the KV pool is the whole cache on every decode step. The binding is kept
+        # between calls, with the arrays it points at, and an array rebound only when the caller
+        # hands another one: a decode step then binds its few small inputs, not every layer's K/V
+        # again (the pools hand the same views while nothing moved; ~0.4 ms for 30 layers).
+        into = into or {}
+        binding = self._binding_for(list(feeds), [*outputs, *into])
+        for name, feed in feeds.items():
+            array = np.ascontiguousarray(feed)  # the feed itself where it is contiguous
+            if self._bound.get(name) is not array:
+                binding.bind_cpu_input(name, array)
+                self._bound[name] = array
+        for name in outputs:  # fresh memory for each call's results
             binding.bind_output(name)
-        for name, array in (into or {}).items():
+        for name, array in into.items():
             assert array.flags.c_contiguous, "outputs written in place need contiguous memory"
-            binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            if self._bound.get(name) is not array:
+                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+                self._bound[name] = array
         self.session.run_with_iobinding(binding)
-        return [value.numpy() for value in binding.get_outputs()[: len(outputs)]]
+        values = binding.get_outputs()  # in the order the names were first bound
+        return [np.array(values[self._output_order.index(name)].numpy()) for name in outputs]
+
+    def _binding_for(self, inputs: list[str], outputs: list[str]) -> ort.IOBinding:
+        """The kept binding, or a new one where a call names other inputs or outputs than the last
+        (nothing stale may stay bound)."""
+        if self._binding is None or self._names != (set(inputs), set(outputs)):
+            self._binding = self.session.io_binding()
+            self._names = (set(inputs), set(outputs))
+            self._bound: dict[str, np.ndarray] = {}  # what each name points at (kept alive)
+            self._output_order = outputs
+        return self._binding
 
     def create_kv_pool(self, spec: KVPoolSpec) -> KVPool:
         if self.kv_slots:

@@ -46,6 +46,7 @@ class SlotKVPool(HostKVPool):
         self.slots = np.zeros(shape, spec.dtype)
         self._held = [_Slot() for _ in range(spec.max_batch)]
         self._rows = slice(0, 0)  # the slots of the call placed last
+        self._views: tuple[slice, dict] = (self._rows, {})
         self._calls = 0
 
     def place(
@@ -104,9 +105,13 @@ class SlotKVPool(HostKVPool):
         self.slots[:, :, slot, :, :past] = tokens[:, :, :past].transpose(0, 1, 3, 2, 4)
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """Each layer's K and V over the slots of the call placed last: [B, KVH, S, D]."""
-        names = io.kv_input_names(self.spec.num_layers)
-        return {name: self.slots[i // 2, i % 2, self._rows] for i, name in enumerate(names)}
+        """Each layer's K and V over the slots of the call placed last: [B, KVH, S, D]. The same
+        view objects while the call's slots stay the same (engines rebind only what changed)."""
+        if self._views[0] != self._rows:
+            names = io.kv_input_names(self.spec.num_layers)
+            views = {name: self.slots[i // 2, i % 2, self._rows] for i, name in enumerate(names)}
+            self._views = (self._rows, views)
+        return self._views[1]
 
     def outputs_in_place(self) -> dict[str, np.ndarray]:
         present = io.kv_present_names(self.spec.num_layers)

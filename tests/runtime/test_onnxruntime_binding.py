@@ -1,0 +1,53 @@
+"""The ONNX Runtime engine keeps its IOBinding between calls (runtime/engines/onnxruntime.py): what
+it returns must still be each call's own result, whatever the caller changed, replaced or reshaped
+since the last call, and outputs it is handed are written in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from runtime.engines.onnxruntime import OnnxRuntimeEngine
+
+
+def _engine(tmp_path) -> OnnxRuntimeEngine:
+    """y = x + b, z = x · 2 over float [N, M]."""
+    nodes = [helper.make_node("Add", ["x", "b"], ["y"]), helper.make_node("Mul", ["x", "two"], ["z"])]
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", "m"]) for name in ("x", "b", "y", "z")]
+    graph = helper.make_graph(nodes, "g", io[:2], io[2:], initializer=[two])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, tmp_path / "add.onnx")
+    return OnnxRuntimeEngine(tmp_path / "add.onnx", threads=1)
+
+
+def test_each_call_sees_its_own_inputs(tmp_path):
+    engine = _engine(tmp_path)
+    x, b = np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    (first,) = engine.run({"x": x, "b": b}, ["y"])
+    x += 4  # the same array, changed in place
+    (second,) = engine.run({"x": x, "b": b}, ["y"])
+    np.testing.assert_array_equal(first, np.ones((2, 3)))  # not overwritten by the later call
+    np.testing.assert_array_equal(second, np.full((2, 3), 5))
+    wide = np.arange(12, dtype=np.float32).reshape(3, 4)  # another array, another shape
+    strided = np.arange(24, dtype=np.float32).reshape(3, 8)[:, ::2]  # not contiguous
+    (third,) = engine.run({"x": wide, "b": strided}, ["y"])
+    np.testing.assert_array_equal(third, wide + strided)
+    y, z = engine.run({"x": wide, "b": strided}, ["y", "z"])  # other outputs: a new binding
+    np.testing.assert_array_equal(z, wide * 2)
+    np.testing.assert_array_equal(y, wide + strided)
+
+
+def test_outputs_handed_in_are_written_in_place(tmp_path):
+    engine = _engine(tmp_path)
+    x, b = np.full((2, 3), 3, np.float32), np.ones((2, 3), np.float32)
+    target = np.zeros((2, 3), np.float32)
+    (y,) = engine.run({"x": x, "b": b}, ["y"], into={"z": target})
+    np.testing.assert_array_equal(target, np.full((2, 3), 6))
+    np.testing.assert_array_equal(y, np.full((2, 3), 4))
+    x[:] = 5
+    other = np.zeros((2, 3), np.float32)
+    engine.run({"x": x, "b": b}, ["y"], into={"z": other})  # another target: rebound
+    np.testing.assert_array_equal(other, np.full((2, 3), 10))
+    np.testing.assert_array_equal(target, np.full((2, 3), 6))
