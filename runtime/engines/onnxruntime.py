@@ -50,6 +50,14 @@ class OnnxRuntimeEngine(Engine):
         self.kv_slots = metadata.get(KV_LAYOUT) == SLOTS
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
         self._binding: ort.IOBinding | None = None
+        self._outputs = {
+            o.name: (o.shape, np.dtype(ort_type_to_numpy(o.type))) for o in self.session.get_outputs()
+        }
+        self._symbols = {}  # each named input dim → the first (input, axis) that carries it
+        for i in self.session.get_inputs():
+            for axis, dim in enumerate(i.shape):
+                if isinstance(dim, str):
+                    self._symbols.setdefault(dim, (i.name, axis))
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: list[str], into: dict[str, np.ndarray] | None = None
@@ -66,16 +74,43 @@ class OnnxRuntimeEngine(Engine):
             if self._bound.get(name) is not array:
                 binding.bind_cpu_input(name, array)
                 self._bound[name] = array
+        results: dict[str, np.ndarray] = {}
         for name in outputs:  # fresh memory for each call's results
-            binding.bind_output(name)
+            shape = self._output_shape(name, feeds)
+            if shape is None:  # ORT allocates it
+                binding.bind_output(name)
+                continue
+            results[name] = np.empty(shape, self._outputs[name][1])
+            self._bind_output(binding, name, results[name])
         for name, array in into.items():
             assert array.flags.c_contiguous, "outputs written in place need contiguous memory"
             if self._bound.get(name) is not array:
-                binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+                self._bind_output(binding, name, array)
                 self._bound[name] = array
         self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()  # in the order the names were first bound
-        return [np.array(values[self._output_order.index(name)].numpy()) for name in outputs]
+        if len(results) < len(outputs):  # get_outputs wraps every output, in-place ones too (~1 µs each)
+            values = binding.get_outputs()  # in the order the names were first bound
+            for name in set(outputs) - set(results):
+                results[name] = np.array(values[self._output_order.index(name)].numpy())
+        return [results[name] for name in outputs]
+
+    def _output_shape(self, name: str, feeds: dict[str, np.ndarray]) -> tuple[int, ...] | None:
+        """An output's shape from its declared dims: fixed, or named as some input's; None where a dim
+        is neither (the shape is known only once the graph has run)."""
+        shape = []
+        for dim in self._outputs[name][0]:
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in self._symbols and self._symbols[dim][0] in feeds:
+                feed, axis = self._symbols[dim]
+                shape.append(np.shape(feeds[feed])[axis])
+            else:
+                return None
+        return tuple(shape)
+
+    @staticmethod
+    def _bind_output(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
+        binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
 
     def _binding_for(self, inputs: list[str], outputs: list[str]) -> ort.IOBinding:
         """The kept binding, or a new one where a call names other inputs or outputs than the last

@@ -51,3 +51,36 @@ def test_outputs_handed_in_are_written_in_place(tmp_path):
     engine.run({"x": x, "b": b}, ["y"], into={"z": other})  # another target: rebound
     np.testing.assert_array_equal(other, np.full((2, 3), 10))
     np.testing.assert_array_equal(target, np.full((2, 3), 6))
+
+
+def test_outputs_whose_shape_the_inputs_do_not_give_are_allocated_by_the_runtime(tmp_path):
+    """y [n, m] takes its shape from x and is bound to memory allocated before the run; w (x and b
+    side by side) has an unnamed width, so the runtime allocates it: both are right, call after call."""
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["y"]),
+        helper.make_node("Concat", ["x", "b"], ["w"], axis=1),
+    ]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", "m"]) for name in ("x", "b")]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m"]),
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n", None]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=10,
+    )
+    onnx.save(model, tmp_path / "concat.onnx")
+    engine = OnnxRuntimeEngine(tmp_path / "concat.onnx", threads=1)
+    assert engine._output_shape("y", {"x": np.zeros((2, 3)), "b": np.zeros((2, 3))}) == (2, 3)
+    assert engine._output_shape("w", {"x": np.zeros((2, 3)), "b": np.zeros((2, 3))}) is None
+    earlier = []
+    for n, m in ((2, 3), (2, 3), (4, 1)):
+        x = np.arange(n * m, dtype=np.float32).reshape(n, m)
+        b = np.full((n, m), 10, np.float32)
+        y, w = engine.run({"x": x, "b": b}, ["y", "w"])
+        np.testing.assert_array_equal(y, x + b)
+        np.testing.assert_array_equal(w, np.concatenate([x, b], axis=1))
+        earlier.append((x + b, y))
+    for expected, returned in earlier:  # no later call wrote into an earlier call's results
+        np.testing.assert_array_equal(returned, expected)
