@@ -46,15 +46,19 @@ def time_in_blocks(
     warmup: int = 1,
     block: int = 5,
     settle: int = 2,
+    settle_s: float = 0.1,
     meters: Mapping[str, AbstractContextManager] | None = None,
     timer: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Milliseconds of `repeats` calls of each run, after `warmup` untimed calls of each.
 
     Calls are timed in blocks of up to `block` consecutive calls of one run, the runs' blocks
-    round-robin. Each block first makes `settle` untimed calls: engines keep their threads spinning
-    between calls, as a lone serving engine does, so the engine timed before has to fall idle and
-    this one's weights come back into cache before its timing starts. The warm-up pays for
+    round-robin. Each block first makes untimed calls, at least `settle` of them and for at least
+    `settle_s` seconds: engines keep their threads spinning between calls, as a lone serving engine
+    does, so the engine timed before has to fall idle and this one's weights come back into cache
+    before its timing starts. (Measured on 2 cores: an int4 decode step ran 1.3-1.8x slower for
+    ~50 ms after the fp32 engine's last call, which two of its own ~7 ms calls did not cover.)
+    The warm-up pays for
     first-call costs (ONNX Runtime's allocations, lazily mapped pages) that a running server pays
     once, so they do not belong in the percentiles. `meters`: a context manager per run, entered
     around each timed call (CPU time, energy).
@@ -66,8 +70,10 @@ def time_in_blocks(
             run()
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for name in interleaved_order(list(runs), -(-repeats // block)):
-        for _ in range(settle):
+        settled, start = 0, timer()
+        while settled < settle or timer() - start < settle_s:
             runs[name]()
+            settled += 1
         for _ in range(min(block, repeats - len(samples[name]))):
             with meters[name] if meters else nullcontext():
                 start = timer()

@@ -77,6 +77,25 @@ def test_blocks_settle_untimed_then_time_their_calls_and_rotate():
         time_in_blocks({"a": run("a")}, repeats=0)
 
 
+def test_blocks_settle_for_a_while_when_calls_are_short():
+    """Two 10 ms calls do not outlast another engine's spinning threads: settling goes on for
+    `settle_s`, then the block is timed."""
+    clock, calls = FakeClock(), []
+
+    def run(name):
+        def call():
+            calls.append(name)
+            clock.now += 0.010
+
+        return call
+
+    samples = time_in_blocks({"a": run("a"), "b": run("b")}, repeats=2, warmup=0, block=2, settle=2,
+                             settle_s=0.045, timer=clock)  # fmt: skip
+    assert calls == [*"a" * 7, *"b" * 7]  # 5 settling calls (50 ms ≥ 45), then 2 timed
+    assert samples["a"] == pytest.approx([10.0, 10.0])
+    assert samples["b"] == pytest.approx([10.0, 10.0])
+
+
 def test_ratios_come_from_the_p50_of_each_case():
     def row(precision, phase, batch, p50):
         return {"component": "text_decoder", "precision": precision, "phase": phase, "batch": batch, "seq": 64,
