@@ -120,8 +120,11 @@ class PagedTextDecoder:
             **self._media_feeds(batch, seq),
         }
         logits = self.engine.run_step(feeds, self.pool, self.slot_mapping(batch))
-        given_order = np.argsort(order)
-        return logits[given_order] if all_logits else logits[given_order, 0]
+        if not all_logits:
+            logits = logits[:, 0]  # a view: the engine's result is this call's own array
+        if (order == np.arange(size)).all():
+            return logits
+        return logits[np.argsort(order)]
 
     def _one_at_a_time(self, batch: list[StepInput], seq: int, all_logits: bool) -> np.ndarray:
         results = [self.step([item], all_logits) for item in batch]

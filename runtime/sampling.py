@@ -111,8 +111,10 @@ class Sampler:
                 f"Sampler: got {batch} logits rows but {len(params)} params and {len(generators)} "
                 f"generators; pass one of each per row."
             )
-        out = np.empty(batch, dtype=np.int64)
         greedy = np.array([p.greedy for p in params], dtype=bool)
+        if greedy.all():  # read in place: a masked copy of [B, V] costs as much as the argmax
+            return np.argmax(logits, axis=-1).astype(np.int64, copy=False)
+        out = np.empty(batch, dtype=np.int64)
         if greedy.any():
             out[greedy] = np.argmax(logits[greedy], axis=-1)
         rows = np.flatnonzero(~greedy)

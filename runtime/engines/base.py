@@ -60,8 +60,9 @@ class Engine(ABC):
         """One decoder call: K/V read from `pool`, the call's new K/V written into it at `slots`;
         returns `output`: the logits (host float32 [B, T, V]), or a pipeline stage's hidden_out
         (runtime/stages.py): a host array here, a DeviceTensor from engines on a GPU, which take
-        one as the next stage's hidden_in. Engines with a device pool override this so that only
-        the logits cross to the host."""
+        one as the next stage's hidden_in. A host array is the caller's own: no later call
+        writes into it, so callers may return views of it. Engines with a device pool override
+        this so that only the logits cross to the host."""
         result, new_kv = self.run({**feeds, **pool.feeds()}, [output, io.NEW_KV], pool.outputs_in_place())
         pool.write(new_kv, slots)
         return result

@@ -70,6 +70,8 @@ class OnnxRuntimeEngine(Engine):
         into = into or {}
         binding = self._binding_for(list(feeds), [*outputs, *into])
         for name, feed in feeds.items():
+            if self._bound.get(name) is feed:
+                continue
             array = np.ascontiguousarray(feed)  # the feed itself where it is contiguous
             if self._bound.get(name) is not array:
                 binding.bind_cpu_input(name, array)
@@ -164,7 +166,7 @@ class OnnxRuntimeEngine(Engine):
         if on_device:
             dtype = np.dtype(ort_type_to_numpy(result.data_type()))
             return DeviceTensor(result.data_ptr(), tuple(result.shape()), dtype, self.device, owner=result)
-        return result.numpy()
+        return np.array(result.numpy())  # the caller's own: the OrtValue's buffer goes with it
 
 
 def ort_type_to_numpy(ort_type: str) -> str:
