@@ -40,7 +40,7 @@ def graph(layers: tuple[int, int], head: tuple[int, int]) -> bytes:
         bits, block = head if n == VOCAB else layers
         blocks = -(-k // block)
         packed = rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8)
-        scales = (rng.random(n * blocks, dtype=np.float32) * 0.01).astype(np.float32)
+        scales = rng.random(n * blocks, dtype=np.float32) * np.float32(0.01)
         weights += [numpy_helper.from_array(packed, f"w{i}"), numpy_helper.from_array(scales, f"s{i}")]
         source = "x" if k == HIDDEN else "x_wide"
         nodes.append(

@@ -57,10 +57,9 @@ def time_in_blocks(
     `settle_s` seconds: engines keep their threads spinning between calls, as a lone serving engine
     does, so the engine timed before has to fall idle and this one's weights come back into cache
     before its timing starts. (Measured on 2 cores: an int4 decode step ran 1.3-1.8x slower for
-    ~50 ms after the fp32 engine's last call, which two of its own ~7 ms calls did not cover.)
-    The warm-up pays for
-    first-call costs (ONNX Runtime's allocations, lazily mapped pages) that a running server pays
-    once, so they do not belong in the percentiles. `meters`: a context manager per run, entered
+    ~50 ms after the fp32 engine's last call, which two of its own ~6 ms calls did not cover.)
+    The warm-up pays for first-call costs (ONNX Runtime's allocations, lazily mapped pages) that a
+    running server pays once, so they do not belong in the percentiles. `meters`: a context manager per run, entered
     around each timed call (CPU time, energy).
     """
     if repeats < 1 or block < 1:

@@ -70,10 +70,8 @@ class OnnxRuntimeEngine(Engine):
         into = into or {}
         binding = self._binding_for(list(feeds), [*outputs, *into])
         for name, feed in feeds.items():
-            if self._bound.get(name) is feed:
-                continue
-            array = np.ascontiguousarray(feed)  # the feed itself where it is contiguous
-            if self._bound.get(name) is not array:
+            if self._bound.get(name) is not feed:  # a non-contiguous feed's copy is new each call
+                array = np.ascontiguousarray(feed)  # the feed itself where it is contiguous
                 binding.bind_cpu_input(name, array)
                 self._bound[name] = array
         results: dict[str, np.ndarray] = {}
