@@ -63,6 +63,17 @@ class Engine(ABC):
         one as the next stage's hidden_in. A host array is the caller's own: no later call
         writes into it, so callers may return views of it. Engines with a device pool override
         this so that only the logits cross to the host."""
-        result, new_kv = self.run({**feeds, **pool.feeds()}, [output, io.NEW_KV], pool.outputs_in_place())
+        new_kv = self._new_kv_buffer(pool.spec, feeds[io.POSITION_IDS].shape[-2:])
+        into = {**pool.outputs_in_place(), io.NEW_KV: new_kv}
+        (result,) = self.run({**feeds, **pool.feeds()}, [output], into)
         pool.write(new_kv, slots)
         return result
+
+    def _new_kv_buffer(self, spec: KVPoolSpec, batch_seq: tuple[int, int]) -> np.ndarray:
+        """Where a call's new K/V land before the pool takes them: [L, 2, B, S, KVH, D], the same
+        array while calls keep their shape (an engine binds it once, not on every decode step)."""
+        shape = (spec.num_layers, 2, *batch_seq, spec.num_kv_heads, spec.head_dim)
+        kept = getattr(self, "_new_kv", None)
+        if kept is None or kept.shape != shape or kept.dtype != spec.dtype:
+            self._new_kv = kept = np.empty(shape, spec.dtype)
+        return kept

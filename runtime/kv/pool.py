@@ -105,13 +105,15 @@ class HostKVPool(KVPool):
     def __init__(self, spec: KVPoolSpec) -> None:
         self.spec = spec
         self.array = np.zeros(spec.shape, spec.dtype)
+        names = io.kv_input_names(spec.num_layers)
+        self._layer_views = {name: self.layer(i // 2, i % 2) for i, name in enumerate(names)}
 
     def layer(self, index: int, kv: int) -> np.ndarray:
         return self.array[index, kv]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        names = io.kv_input_names(self.spec.num_layers)
-        return {name: self.layer(i // 2, i % 2) for i, name in enumerate(names)}
+        """The same view objects on every call: an engine binds them once, not on every step."""
+        return self._layer_views
 
     def write(self, new_kv: np.ndarray, slots: SlotMapping) -> None:
         self.array[:, :, slots.blocks, slots.offsets] = new_kv[:, :, slots.rows, slots.cols]

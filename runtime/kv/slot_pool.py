@@ -46,7 +46,7 @@ class SlotKVPool(HostKVPool):
         self.slots = np.zeros(shape, spec.dtype)
         self._held = [_Slot() for _ in range(spec.max_batch)]
         self._rows = slice(0, 0)  # the slots of the call placed last
-        self._views: tuple[slice, dict] = (self._rows, {})
+        self._views: tuple[slice, tuple[dict, dict]] = (self._rows, ({}, {}))  # (rows, (past, present))
         self._calls = 0
 
     def place(
@@ -107,12 +107,16 @@ class SlotKVPool(HostKVPool):
     def feeds(self) -> dict[str, np.ndarray]:
         """Each layer's K and V over the slots of the call placed last: [B, KVH, S, D]. The same
         view objects while the call's slots stay the same (engines rebind only what changed)."""
+        return self._views_of_rows()[0]
+
+    def outputs_in_place(self) -> dict[str, np.ndarray]:
+        """The same views as each layer's present K and V (written in place)."""
+        return self._views_of_rows()[1]
+
+    def _views_of_rows(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         if self._views[0] != self._rows:
             names = io.kv_input_names(self.spec.num_layers)
             views = {name: self.slots[i // 2, i % 2, self._rows] for i, name in enumerate(names)}
-            self._views = (self._rows, views)
+            present = dict(zip(io.kv_present_names(self.spec.num_layers), views.values(), strict=True))
+            self._views = (self._rows, (views, present))
         return self._views[1]
-
-    def outputs_in_place(self) -> dict[str, np.ndarray]:
-        present = io.kv_present_names(self.spec.num_layers)
-        return dict(zip(present, self.feeds().values(), strict=True))

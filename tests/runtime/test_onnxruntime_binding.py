@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from runtime.engines.onnxruntime import OnnxRuntimeEngine
+from runtime.engines.onnxruntime import COPY_LIMIT, OnnxRuntimeEngine
 
 
 def _engine(tmp_path) -> OnnxRuntimeEngine:
@@ -84,3 +84,30 @@ def test_outputs_whose_shape_the_inputs_do_not_give_are_allocated_by_the_runtime
         earlier.append((x + b, y))
     for expected, returned in earlier:  # no later call wrote into an earlier call's results
         np.testing.assert_array_equal(returned, expected)
+
+
+def test_small_inputs_are_copied_in_and_large_ones_read_where_they_are(tmp_path):
+    """Small inputs go into memory the engine keeps bound (new values copied in, call after call);
+    inputs over COPY_LIMIT, and inputs that alias an output written in place (a slot pool's past
+    and present), are bound where they are. Every call computes on its own inputs either way."""
+    engine = _engine(tmp_path)
+    small = [np.full((2, 3), v, np.float32) for v in (1, 2)]
+    b = np.zeros((2, 3), np.float32)
+    for x in small:  # new arrays of one shape: copied into the same bound buffer
+        (y,) = engine.run({"x": x, "b": b}, ["y"])
+        np.testing.assert_array_equal(y, x)
+    kept = engine._bound["x"]
+    assert kept is not small[-1] and not np.shares_memory(kept, small[-1])
+    np.testing.assert_array_equal(small[0], np.ones((2, 3)))  # the caller's arrays untouched
+    rows = COPY_LIMIT // (4 * 64) + 1
+    large = np.arange(rows * 64, dtype=np.float32).reshape(rows, 64)
+    (y,) = engine.run({"x": large, "b": np.ones_like(large)}, ["y"])
+    np.testing.assert_array_equal(y, large + 1)
+    assert engine._bound["x"] is large  # read in place
+    (y,) = engine.run({"x": small[0], "b": b}, ["y"])  # small again, another shape than last
+    np.testing.assert_array_equal(y, small[0])
+    z = np.zeros((2, 3), np.float32)
+    x = np.full((2, 3), 3, np.float32)
+    engine.run({"x": x, "b": z}, ["y"], into={"z": x})  # x is read and doubled in place
+    assert engine._bound["x"] is x
+    np.testing.assert_array_equal(x, np.full((2, 3), 6))
