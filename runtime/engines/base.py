@@ -42,6 +42,7 @@ class Engine(ABC):
     # False where a call may not mix several sequences' prompts at all (ORT's CPU GroupQueryAttention
     # rotating q/k itself reads the first sequence's positions for every sequence of a first prompt).
     batched_prefill: bool = True
+    _new_kv: np.ndarray | None = None  # run_step's buffer for a call's new K/V
 
     @abstractmethod
     def run(
@@ -73,7 +74,7 @@ class Engine(ABC):
         """Where a call's new K/V land before the pool takes them: [L, 2, B, S, KVH, D], the same
         array while calls keep their shape (an engine binds it once, not on every decode step)."""
         shape = (spec.num_layers, 2, *batch_seq, spec.num_kv_heads, spec.head_dim)
-        kept = getattr(self, "_new_kv", None)
+        kept = self._new_kv
         if kept is None or kept.shape != shape or kept.dtype != spec.dtype:
             self._new_kv = kept = np.empty(shape, spec.dtype)
         return kept
