@@ -59,8 +59,8 @@ def time_in_blocks(
     before its timing starts. (Measured on 2 cores: an int4 decode step ran 1.3-1.8x slower for
     ~50 ms after the fp32 engine's last call, which two of its own ~6 ms calls did not cover.)
     The warm-up pays for first-call costs (ONNX Runtime's allocations, lazily mapped pages) that a
-    running server pays once, so they do not belong in the percentiles. `meters`: a context manager per run, entered
-    around each timed call (CPU time, energy).
+    running server pays once, so they do not belong in the percentiles. `meters`: a context
+    manager per run, entered around each timed call (CPU time, energy).
     """
     if repeats < 1 or block < 1:
         raise ValueError(f"repeats and block must be at least 1, got {repeats} and {block}")

@@ -79,7 +79,7 @@ class OnnxRuntimeEngine(Engine):
             bound = self._bound.get(name)
             if bound is feed:
                 continue
-            if name in self._copies and bound.shape == np.shape(feed) and bound.dtype == feed.dtype:
+            if name in self._copies and bound.shape == feed.shape and bound.dtype == feed.dtype:
                 bound[...] = feed
                 continue
             if feed.nbytes <= COPY_LIMIT and not any(np.may_share_memory(feed, a) for a in into.values()):
