@@ -16,7 +16,8 @@ dynamo export writes SmolLM2's as a Transpose node of the table; a stored [H, V]
 transpose is recognised too) is stored once, per vocab row:
     Tq [V, H] → DequantizeLinear (`<T>_dq`) → Gather(·, input_ids)            (embedding)
                                            → Transpose(perm=[1, 0]) → MatMul   (lm_head)
-int8: scale [V], axis 0; int4: blocks along H, scale [V, ceil(H/bs)], axis 1. An untied embedding
+int8: scale [V], axis 0; int4: blocks along H, scale [V, ceil(H/bs)], axis 1, GPTQ-rounded like any
+int4 weight against the lm_head's input when there are samples of it. An untied embedding
 table gets an int8 per-row DequantizeLinear feeding its Gathers at any precision; its lm_head is
 quantised like any other weight.
 
@@ -212,15 +213,13 @@ def weight_only(
     """Rewrite, in place, every MatMul/Gemm whose weight is a float 2-D initializer (and whose name
     is not in `skip`) to read it through a DequantizeLinear; tied embeddings are stored once, with
     `table_scheme` (default: `scheme`). `inputs` (int4 only) maps a MatMul's activation to sample
-    rows of it, and that MatMul's weight is GPTQ-rounded against them; a tied table, which the
-    embedding reads too, is always rounded to nearest. The model must hold its weights."""
+    rows of it, and that MatMul's weight is GPTQ-rounded against them; an int4 tied table against
+    the lm_head's input (what the embedding reads of it, single rows, has no input to weigh its
+    error by). The model must hold its weights."""
     g = model.graph
     report = WeightOnlyReport()
     inits = {i.name: i for i in g.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for x in node.input:
-            readers.setdefault(x, []).append(node)
+    readers = _readers(g)
     skip = set(skip)
     new_nodes: dict[int, list[onnx.NodeProto]] = {}  # insert before the node at this index
     done: dict[str, str] = {}  # weight initializer -> the dequantised tensor replacing it
@@ -232,7 +231,8 @@ def weight_only(
             t_name, table, matmul, transpose = tied
             tscheme = table_scheme or scheme
             axis = 1 if tscheme.bits == 4 else 0  # blocks along H (int4) / one scale per vocab row (int8)
-            g.initializer.extend(_weight_tensors(t_name, table, tscheme, axis=1))
+            rows = inputs.get(matmul.input[0]) if inputs else None
+            g.initializer.extend(_weight_tensors(t_name, table, tscheme, 1, rows))
             dq = _dq_node(t_name, tscheme, axis)
             first = min(position[id(n)] for n in readers[t_name])
             new_nodes.setdefault(first, []).append(dq)
@@ -299,17 +299,31 @@ def weight_only(
 
 
 def weight_inputs(model: onnx.ModelProto) -> list[str]:
-    """The activation inputs of the MatMul/Gemm nodes `weight_only` quantises (each once)."""
-    inits = {i.name: i for i in model.graph.initializer}
+    """The activation inputs of the MatMul/Gemm nodes `weight_only` quantises (each once), the
+    tied lm_head's included."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
     found: dict[str, None] = {}
-    for node in model.graph.node:
+    for node in g.node:
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[0] in inits:
             continue
         w = inits.get(node.input[1])
         float_2d = w is not None and w.data_type == onnx.TensorProto.FLOAT and len(w.dims) == 2
         if float_2d and int(np.prod(w.dims)) >= MIN_ELEMENTS:
             found[node.input[0]] = None
+    tied = _tied_embedding(g, inits, _readers(g), skip=set())
+    if tied is not None:  # its weight is the table's Transpose, not an initializer
+        found[tied[2].input[0]] = None
     return list(found)
+
+
+def _readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each tensor name → the nodes that read it."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for x in node.input:
+            readers.setdefault(x, []).append(node)
+    return readers
 
 
 def _gather_tables(g, inits) -> dict[str, onnx.TensorProto]:

@@ -35,7 +35,7 @@ from runtime.build_records import StepRecord
 from runtime.onnx_files import save_graph
 from runtime.progress import note, stage
 
-INT4_VERSION = 5  # bump when the quantiser, the AWQ search or the graph pattern changes
+INT4_VERSION = 6  # bump when the quantiser, the AWQ search or the graph pattern changes
 OPSET = 21
 CHANGED_IN_21 = frozenset({"GroupNormalization"})
 AWQ_KINDS = (QKV, GATE_UP, DOWN)

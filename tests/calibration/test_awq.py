@@ -10,6 +10,7 @@ from builder.quantize.int4_step import AWQ_KINDS
 from calibration.awq import (
     MAX_ROWS,
     MIN_ROWS,
+    SAMPLE_BYTES,
     SiteStats,
     apply_awq,
     awq_scales,
@@ -116,7 +117,9 @@ def test_site_statistics_memory_is_bounded():
 
 
 def test_reservoirs_shrink_with_the_model_and_the_search_spreads_its_rows():
-    assert sample_rows(30 * (3 * 576 + 1536)) == MAX_ROWS  # SmolLM2's 120 weight inputs
+    smollm2 = 30 * (3 * 576 + 1536) + 576  # SmolLM2's 121 weight inputs: bounded by bytes, not rows
+    assert 2048 < sample_rows(smollm2) == SAMPLE_BYTES // (4 * smollm2) < MAX_ROWS
+    assert sample_rows(1000) == MAX_ROWS
     assert MIN_ROWS <= sample_rows(40 * (3 * 4096 + 13696)) < 520  # GLM-9B's 160
     assert sample_rows(500_000) == 1073 and sample_rows(10**8) == MIN_ROWS
     stats = SiteStats(4, rows=1000)

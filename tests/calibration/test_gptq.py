@@ -93,3 +93,35 @@ def test_weight_only_rounds_each_weight_against_its_own_input():
     np.testing.assert_array_equal(q2.T, gptq_int4(w2t.T, h[:512], 32)[0])
     rtn = output_error(x[512:], w1, dequantise(*quantise_int4(w1, 32), 0, 32))
     assert output_error(x[512:], w1, dequantise(q1, s1, 0, 32)) < rtn
+
+
+def test_an_int4_tied_table_is_rounded_against_the_lm_heads_input():
+    """The lm_head reads the embedding's table transposed; GPTQ weighs its rounding by the lm_head's
+    input, and the embedding's Gather reads the same rounded rows."""
+    x, table_t = correlated_case(k=64, n=96)  # the lm_head's weight [H, V]: the table [V, H] transposed
+    table = table_t.T.copy()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["T", "ids"], ["e"], name="embed"),
+            helper.make_node("Transpose", ["T"], ["T_t"], name="tie", perm=[1, 0]),
+            helper.make_node("MatMul", ["h", "T_t"], ["logits"], name="lm_head"),
+        ],
+        "tied",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [None, 64]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 96])],
+        [numpy_helper.from_array(table, "T")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert weight_inputs(model) == ["h"]  # the lm_head's weight is a Transpose, not an initializer
+    report = weight_only(model, Scheme(4, 32), inputs={"h": x[:512]})
+    assert report.tied_embedding == "T"
+    inits = {i.name: i for i in model.graph.initializer}
+    q, scale = int4_values(inits["T_q"]), numpy_helper.to_array(inits["T_scale"])
+    expected_q, expected_scale = gptq_int4(table_t, x[:512], 32)
+    np.testing.assert_array_equal(q, expected_q.T)
+    np.testing.assert_array_equal(scale, expected_scale.T)
+    rounded = dequantise(q, scale, 1, 32).T
+    rtn = dequantise(*quantise_int4(table_t, 32), 0, 32)
+    assert output_error(x[512:], table_t, rounded) < 0.5 * output_error(x[512:], table_t, rtn)
