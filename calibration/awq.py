@@ -32,7 +32,7 @@ from calibration.weight_only import Scheme, fake_quantise
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 # Input rows kept per tensor: GPTQ's H = XᵀX / n wants many (SmolLM2 int4 perplexity +6.6% at the
-# 5,461 rows SAMPLE_BYTES allows it, +7.9% at 2,048, +11.7% at 512), bounded so that all reservoirs
+# 5,450 rows SAMPLE_BYTES allows it, +7.9% at 2,048, +11.7% at 512), bounded so that all reservoirs
 # together stay under SAMPLE_BYTES (GLM-9B's 40 layers get 516 rows); the α search reads only
 # SEARCH_ROWS of them.
 MIN_ROWS, MAX_ROWS = 512, 8192

@@ -311,8 +311,9 @@ def weight_inputs(model: onnx.ModelProto) -> list[str]:
         float_2d = w is not None and w.data_type == onnx.TensorProto.FLOAT and len(w.dims) == 2
         if float_2d and int(np.prod(w.dims)) >= MIN_ELEMENTS:
             found[node.input[0]] = None
-    tied = _tied_embedding(g, inits, _readers(g), skip=set())
-    if tied is not None:  # its weight is the table's Transpose, not an initializer
+    # A transposed table is no initializer; the other tied form's weight is, and was found above.
+    tied = _tied_embedding(g, inits, _readers(g), skip=set(), by_value=False)
+    if tied is not None:
         found[tied[2].input[0]] = None
     return list(found)
 
@@ -338,12 +339,12 @@ def _gather_tables(g, inits) -> dict[str, onnx.TensorProto]:
     return tables
 
 
-def _tied_embedding(g, inits, readers, skip):
+def _tied_embedding(g, inits, readers, skip, by_value: bool = True):
     """(table name, table [V, H] initializer, lm_head MatMul, Transpose node or None) when the lm_head reads
     the embedding Gather's table transposed, else None. Two forms: a Transpose(perm=[1, 0]) of the
     table itself (what torch's dynamo export writes for SmolLM2's tied weights), or a separate
-    initializer [H, V] equal to the table's transpose. The table must feed only Gathers (axis 0)
-    and that Transpose."""
+    initializer [H, V] equal to the table's transpose (looked for only `by_value`: it reads both
+    arrays, 2.5 GB each for GLM-9B). The table must feed only Gathers (axis 0) and that Transpose."""
     producer = {out: n for n in g.node for out in n.output}
     tables = _gather_tables(g, inits)
     for node in g.node:
@@ -356,7 +357,7 @@ def _tied_embedding(g, inits, readers, skip):
             name = source.input[0]
             if perm == [1, 0] and len(readers[weight]) == 1 and _only_gathers(readers[name], name, source):
                 return name, tables[name], node, source
-        elif weight in inits and len(readers[weight]) == 1 and len(inits[weight].dims) == 2:
+        elif by_value and weight in inits and len(readers[weight]) == 1 and len(inits[weight].dims) == 2:
             w = inits[weight]
             for name, table in tables.items():
                 if tuple(table.dims) == (w.dims[1], w.dims[0]) and _only_gathers(readers[name], name, None):
